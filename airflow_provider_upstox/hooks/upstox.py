@@ -1,0 +1,353 @@
+"""``UpstoxHook``: maps an Airflow ``upstox`` connection to the Airflow-free REST clients.
+
+The connection (see ``get_provider_info.py`` for the form):
+
+=============  ==============================================================================
+password       the Upstox access token (required)
+host           base URL, default ``https://api.upstox.com``; a bare host name means ``https://``
+extra          ``update_types`` (default all four), ``timeout`` (seconds, default 30),
+               ``verify`` (TLS verification, default true)
+=============  ==============================================================================
+
+The token and every authorized stream URI are registered with Airflow's secrets masker as soon as
+they are read, so they are replaced by ``***`` in any task or triggerer log. Async methods resolve
+the connection with ``aget_connection()``/``aextra_dejson()`` and mask with ``amask_secret``: the
+sync counterparts talk to the task supervisor with a blocking call that raises
+``DeadlockImminentError`` inside an event loop. The resolved connection is cached per hook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from airflow.sdk import BaseHook
+from tenacity.wait import wait_base
+
+from airflow_provider_upstox.client import AsyncUpstoxClient, UpstoxClient, UpstoxClientConfig
+from airflow_provider_upstox.client.config import DEFAULT_BASE_URL
+from airflow_provider_upstox.client.core import stream_uri_secrets
+from airflow_provider_upstox.exceptions import UpstoxError, UpstoxMalformedResponseError
+from airflow_provider_upstox.models.updates import normalize_update_types
+
+try:  # task-sdk >= 1.3.2: masking that cannot deadlock inside an event loop
+    from airflow.sdk.log import amask_secret, mask_secret
+except ImportError:  # pragma: no cover - older task-sdk
+    from airflow.sdk.log import mask_secret
+
+    async def amask_secret(secret: Any, name: str | None = None) -> None:  # type: ignore[misc]
+        await asyncio.to_thread(mask_secret, secret, name)
+
+
+log = logging.getLogger(__name__)
+
+
+async def _aget_connection_and_extra(hook: BaseHook, conn_id: str) -> tuple[Any, dict[str, Any]]:
+    """The connection and its extra without blocking the loop (the common.compat recipe, inlined).
+
+    Airflow 3.3.2+: ``aget_connection()`` and ``aextra_dejson()``, both masking asynchronously.
+    Older: the sync calls in a worker thread, where blocking on the supervisor is safe.
+    """
+    try:
+        from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
+    except ImportError:  # pragma: no cover - common.compat older than the helpers
+        from airflow.sdk import Connection
+
+        if hasattr(Connection, "aextra_dejson"):
+            conn = await hook.aget_connection(conn_id)
+            return conn, await conn.aextra_dejson()
+        conn = await asyncio.to_thread(hook.get_connection, conn_id)
+        return conn, await asyncio.to_thread(lambda: conn.extra_dejson)
+    conn = await get_async_connection(conn_id, hook)
+    return conn, await get_async_extra_dejson(conn)
+
+
+@dataclass(frozen=True)
+class UpstoxConnectionSettings:
+    """What an ``upstox`` connection says, validated. ``repr`` hides the token (it is in ``config``)."""
+
+    config: UpstoxClientConfig
+    update_types: tuple[str, ...]
+
+
+def settings_from_connection(
+    *,
+    conn_id: str,
+    password: str | None,
+    host: str | None,
+    port: int | None,
+    extra: dict[str, Any],
+) -> UpstoxConnectionSettings:
+    """Validate the fields of an ``upstox`` connection. Pure: no Airflow call, no masking.
+
+    :raises ValueError: no token, or an extra with a wrong value (the message names the field).
+    """
+    token = (password or "").strip()
+    if not token:
+        raise ValueError(
+            f"Upstox connection {conn_id!r} has no access token: put it in the connection's password"
+        )
+    base_url = _base_url(host, port)
+    timeout = _float_extra(extra, "timeout", 30.0, conn_id)
+    verify = _bool_extra(extra, "verify", True, conn_id)
+    try:
+        update_types = normalize_update_types(extra.get("update_types") or None)
+    except ValueError as exc:
+        raise ValueError(f"Upstox connection {conn_id!r}, extra 'update_types': {exc}") from None
+    try:
+        config = UpstoxClientConfig(base_url=base_url, access_token=token, timeout=timeout, verify=verify)
+    except ValueError as exc:
+        raise ValueError(f"Upstox connection {conn_id!r}: {exc}") from None
+    return UpstoxConnectionSettings(config=config, update_types=update_types)
+
+
+def _base_url(host: str | None, port: int | None) -> str:
+    host = (host or "").strip()
+    if not host:
+        return DEFAULT_BASE_URL
+    if "://" not in host:
+        host = f"https://{host}"
+    if port and host.count(":") == 1:  # scheme separator only: no port in the host field yet
+        host = f"{host.rstrip('/')}:{port}"
+    return host
+
+
+def _float_extra(extra: dict[str, Any], name: str, default: float, conn_id: str) -> float:
+    value = extra.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if not number > 0:
+        raise ValueError(
+            f"Upstox connection {conn_id!r}, extra {name!r} must be a positive number of seconds"
+        )
+    return number
+
+
+def _bool_extra(extra: dict[str, Any], name: str, default: bool, conn_id: str) -> bool:
+    value = extra.get(name)
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"Upstox connection {conn_id!r}, extra {name!r} must be true or false")
+
+
+def _parse_extra(extra: str | dict[str, Any] | None) -> dict[str, Any]:
+    if isinstance(extra, dict):
+        return extra
+    return json.loads(extra) if extra else {}
+
+
+class UpstoxHook(BaseHook):  # type: ignore[misc]  # airflow is not type-checked here
+    """Access to the Upstox REST API and the portfolio stream authorization through a connection.
+
+    :param upstox_conn_id: id of an ``upstox`` connection.
+    :param retry_wait: tenacity wait strategy for retries (tests pass ``tenacity.wait_none()``).
+    :param client_options: other :class:`UpstoxClientConfig` fields, e.g. ``max_attempts``.
+    """
+
+    conn_name_attr = "upstox_conn_id"
+    default_conn_name = "upstox_default"
+    conn_type = "upstox"
+    hook_name = "Upstox"
+
+    def __init__(
+        self,
+        upstox_conn_id: str = default_conn_name,
+        *,
+        retry_wait: wait_base | None = None,
+        **client_options: Any,
+    ) -> None:
+        super().__init__()
+        self.upstox_conn_id = upstox_conn_id
+        self._retry_wait = retry_wait
+        self._client_options = client_options
+        self._settings: UpstoxConnectionSettings | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(upstox_conn_id={self.upstox_conn_id!r})"
+
+    # --- connection ------------------------------------------------------------------------------
+
+    def _make_settings(
+        self, password: str | None, host: str | None, port: int | None, extra: Any
+    ) -> UpstoxConnectionSettings:
+        settings = settings_from_connection(
+            conn_id=self.upstox_conn_id, password=password, host=host, port=port, extra=_parse_extra(extra)
+        )
+        if self._client_options:
+            settings = UpstoxConnectionSettings(
+                config=settings.config.replace(**self._client_options), update_types=settings.update_types
+            )
+        return settings
+
+    def get_settings(self) -> UpstoxConnectionSettings:
+        """The validated connection (cached), the token registered with the secrets masker."""
+        if self._settings is None:
+            conn = self.get_connection(self.upstox_conn_id)
+            if conn.password:
+                mask_secret(conn.password)
+            self._settings = self._make_settings(conn.password, conn.host, conn.port, conn.extra_dejson)
+            log.debug("Upstox connection %r resolved: %r", self.upstox_conn_id, self._settings)
+        return self._settings
+
+    async def aget_settings(self) -> UpstoxConnectionSettings:
+        """Async :meth:`get_settings`: never blocks the event loop, never uses the sync masker."""
+        if self._settings is None:
+            conn, extra = await _aget_connection_and_extra(self, self.upstox_conn_id)
+            if conn.password:
+                await amask_secret(conn.password)
+            self._settings = self._make_settings(conn.password, conn.host, conn.port, extra)
+            log.debug("Upstox connection %r resolved: %r", self.upstox_conn_id, self._settings)
+        return self._settings
+
+    def get_conn(self) -> UpstoxClient:
+        """A new sync client for this connection; close it (use ``with``)."""
+        return UpstoxClient(
+            self.get_settings().config, on_secret=_mask_stream_uri, retry_wait=self._retry_wait
+        )
+
+    async def aget_client(self) -> AsyncUpstoxClient:
+        """A new async client for this connection; close it (``async with``)."""
+        settings = await self.aget_settings()
+        return AsyncUpstoxClient(settings.config, on_secret=_amask_stream_uri, retry_wait=self._retry_wait)
+
+    # --- portfolio stream ------------------------------------------------------------------------
+
+    def authorize_portfolio_stream(self, update_types: str | Iterable[str] | None = None) -> str:
+        """The single-use stream URL (a secret: never log it). ``None``: the connection's update types.
+
+        :raises ValueError: an unknown update type (before any request).
+        """
+        if update_types is not None:
+            normalize_update_types(update_types)
+        with self.get_conn() as client:
+            return client.authorize_portfolio_stream(update_types or self.get_settings().update_types)
+
+    async def aauthorize_portfolio_stream(self, update_types: str | Iterable[str] | None = None) -> str:
+        """Async :meth:`authorize_portfolio_stream`."""
+        if update_types is not None:
+            normalize_update_types(update_types)
+        settings = await self.aget_settings()
+        async with await self.aget_client() as client:
+            return await client.authorize_portfolio_stream(update_types or settings.update_types)
+
+    # --- REST reads ------------------------------------------------------------------------------
+
+    def get_profile(self) -> dict[str, Any]:
+        with self.get_conn() as client:
+            return client.get_profile()
+
+    async def aget_profile(self) -> dict[str, Any]:
+        async with await self.aget_client() as client:
+            return await client.get_profile()
+
+    def get_account_id(self) -> str:
+        """The Upstox ``user_id`` of the token's owner (the ``account`` of stored updates)."""
+        return _user_id(self.get_profile())
+
+    async def aget_account_id(self) -> str:
+        return _user_id(await self.aget_profile())
+
+    def get_order_book(self) -> list[dict[str, Any]]:
+        with self.get_conn() as client:
+            return client.get_order_book()
+
+    async def aget_order_book(self) -> list[dict[str, Any]]:
+        async with await self.aget_client() as client:
+            return await client.get_order_book()
+
+    def get_order_details(self, order_id: str) -> dict[str, Any]:
+        with self.get_conn() as client:
+            return client.get_order_details(order_id)
+
+    async def aget_order_details(self, order_id: str) -> dict[str, Any]:
+        async with await self.aget_client() as client:
+            return await client.get_order_details(order_id)
+
+    def get_order_history(self, order_id: str) -> list[dict[str, Any]]:
+        with self.get_conn() as client:
+            return client.get_order_history(order_id)
+
+    async def aget_order_history(self, order_id: str) -> list[dict[str, Any]]:
+        async with await self.aget_client() as client:
+            return await client.get_order_history(order_id)
+
+    def get_trades(self) -> list[dict[str, Any]]:
+        with self.get_conn() as client:
+            return client.get_trades()
+
+    async def aget_trades(self) -> list[dict[str, Any]]:
+        async with await self.aget_client() as client:
+            return await client.get_trades()
+
+    def get_positions(self) -> list[dict[str, Any]]:
+        with self.get_conn() as client:
+            return client.get_positions()
+
+    async def aget_positions(self) -> list[dict[str, Any]]:
+        async with await self.aget_client() as client:
+            return await client.get_positions()
+
+    def get_holdings(self) -> list[dict[str, Any]]:
+        with self.get_conn() as client:
+            return client.get_holdings()
+
+    async def aget_holdings(self) -> list[dict[str, Any]]:
+        async with await self.aget_client() as client:
+            return await client.get_holdings()
+
+    def get_gtt_orders(self, gtt_order_id: str | None = None) -> list[dict[str, Any]]:
+        with self.get_conn() as client:
+            return client.get_gtt_orders(gtt_order_id)
+
+    async def aget_gtt_orders(self, gtt_order_id: str | None = None) -> list[dict[str, Any]]:
+        async with await self.aget_client() as client:
+            return await client.get_gtt_orders(gtt_order_id)
+
+    # --- UI ----------------------------------------------------------------------------------------
+
+    def test_connection(self) -> tuple[bool, str]:
+        """The UI's Test button: read the profile. ``(True, "Connected as <user_id>")`` or why not.
+
+        Uses a single attempt: a user waiting on the button wants the first answer, not a backoff.
+        """
+        try:
+            settings = self.get_settings()
+            config = settings.config.replace(max_attempts=1)
+            with UpstoxClient(config, on_secret=_mask_stream_uri, retry_wait=self._retry_wait) as client:
+                user_id = _user_id(client.get_profile())
+        except (UpstoxError, ValueError) as exc:
+            return False, str(exc)
+        return True, f"Connected as {user_id}"
+
+
+def _mask_stream_uri(uri: str) -> None:
+    """Register an authorized stream URI, and its ``code``/``requestId`` alone, with the masker."""
+    for secret in stream_uri_secrets(uri):
+        mask_secret(secret)
+
+
+async def _amask_stream_uri(uri: str) -> None:
+    for secret in stream_uri_secrets(uri):
+        await amask_secret(secret)
+
+
+def _user_id(profile: dict[str, Any]) -> str:
+    user_id = profile.get("user_id") or profile.get("userId")
+    if not user_id:
+        raise UpstoxMalformedResponseError("Upstox profile has no 'user_id'", path="/v2/user/profile")
+    return str(user_id)
