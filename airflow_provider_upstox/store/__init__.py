@@ -1,1 +1,19 @@
+"""Airflow-free SQLAlchemy Core store: schema, migrations, ordered idempotent upserts.
 
+See :class:`PortfolioStore`. The ordering rule is documented in :mod:`.rows`.
+"""
+
+from airflow_provider_upstox.store.migrations import SchemaVersionError
+from airflow_provider_upstox.store.rows import STATUS_RANK
+from airflow_provider_upstox.store.schema import SCHEMA_VERSION, metadata
+from airflow_provider_upstox.store.store import DEFAULT_STREAM_KEY, ApplyResult, PortfolioStore
+
+__all__ = [
+    "DEFAULT_STREAM_KEY",
+    "SCHEMA_VERSION",
+    "STATUS_RANK",
+    "ApplyResult",
+    "PortfolioStore",
+    "SchemaVersionError",
+    "metadata",
+]

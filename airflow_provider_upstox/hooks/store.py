@@ -1,0 +1,56 @@
+"""Airflow glue for the portfolio store: an Airflow SQL connection id -> :class:`PortfolioStore`.
+
+The engine comes from the connection's own common-sql hook (``PostgresHook``, ``MySqlHook``,
+``SqliteHook``...): ``DbApiHook.get_sqlalchemy_engine()``, so whatever URL, driver and extras the
+user configured for that connection type are honoured, and this provider never parses connection
+fields itself. The store stays Airflow-free; only this module imports Airflow.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from airflow.providers.common.sql.hooks.sql import DbApiHook
+from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowException
+
+from airflow_provider_upstox.store import PortfolioStore
+from airflow_provider_upstox.store.store import json_dumps
+
+log = logging.getLogger(__name__)
+
+
+def get_db_hook(sql_conn_id: str) -> DbApiHook:
+    """The common-sql hook of the Airflow connection *sql_conn_id*.
+
+    :raises TypeError: the connection's type has no installed hook, or one that is not a SQL
+        (``DbApiHook``) hook, e.g. an SMTP connection.
+    """
+    connection = BaseHook.get_connection(sql_conn_id)
+    try:
+        hook = connection.get_hook()
+    except AirflowException as exc:  # no provider installed for this connection type
+        raise TypeError(
+            f"connection {sql_conn_id!r} has type {connection.conn_type!r}, for which no hook is installed "
+            "(install apache-airflow-providers-postgres, -mysql or -sqlite)"
+        ) from exc
+    if not isinstance(hook, DbApiHook):
+        raise TypeError(
+            f"connection {sql_conn_id!r} is of a type whose hook ({type(hook).__name__}) is not a "
+            "common-sql DbApiHook; use a PostgreSQL, MySQL/MariaDB or SQLite connection"
+        )
+    return hook
+
+
+def get_portfolio_store(sql_conn_id: str, engine_kwargs: dict[str, Any] | None = None) -> PortfolioStore:
+    """A :class:`PortfolioStore` on the database of the Airflow connection *sql_conn_id*.
+
+    :param sql_conn_id: an Airflow connection of a SQL type (``postgres``, ``mysql``, ``sqlite``...).
+    :param engine_kwargs: extra :func:`sqlalchemy.create_engine` arguments.
+    """
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "json_serializer": json_dumps}
+    kwargs.update(engine_kwargs or {})
+    engine = get_db_hook(sql_conn_id).get_sqlalchemy_engine(engine_kwargs=kwargs)
+    log.debug("Portfolio store on connection %s (%s)", sql_conn_id, engine.dialect.name)
+    return PortfolioStore(engine)

@@ -1,0 +1,127 @@
+"""Versioned, idempotent, concurrency-safe schema migrations.
+
+Two Airflow tasks may start on an empty database at the same moment, so :func:`migrate` first takes
+a database-wide lock, then reads ``schema_version`` from ``upstox_store_meta`` and runs only the
+steps above it:
+
+- PostgreSQL: ``pg_advisory_xact_lock`` inside the migration transaction (DDL is transactional).
+- MySQL/MariaDB: ``GET_LOCK`` named after the database (DDL commits implicitly, so the named lock,
+  not a transaction, is what serialises migrators).
+- SQLite: ``BEGIN IMMEDIATE`` (the write lock on the file).
+
+Every step is also written to be re-runnable on its own (``CREATE ... IF NOT EXISTS`` semantics via
+``checkfirst``). No step ever drops a table or a column holding user data: a later version adds
+tables, columns or indexes only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Final
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from airflow_provider_upstox.store import schema
+
+log = logging.getLogger(__name__)
+
+_LOCK_NAME: Final = "upstox_store_migrate"
+_PG_LOCK_ID: Final = 0x55505354_4F580001 - 2**63  # fixed bigint ("UPSTOX" + 1), signed range
+_MYSQL_LOCK_TIMEOUT_S: Final = 120
+VERSION_KEY: Final = "schema_version"
+
+
+class SchemaVersionError(RuntimeError):
+    """The database schema is newer than this provider understands: upgrade the provider."""
+
+
+def _step_1_initial(conn: Connection) -> None:
+    """Create every table and index of schema version 1."""
+    schema.metadata.create_all(conn, checkfirst=True)
+
+
+#: (version, description, step). Append only; never edit a released step.
+MIGRATIONS: Final[list[tuple[int, str, Callable[[Connection], None]]]] = [
+    (1, "initial schema", _step_1_initial),
+]
+assert MIGRATIONS[-1][0] == schema.SCHEMA_VERSION
+
+
+@contextmanager
+def _locked(engine: Engine) -> Iterator[Connection]:
+    name = engine.dialect.name
+    with engine.connect() as conn:
+        if name == "postgresql":
+            with conn.begin():
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_LOCK_ID})
+                yield conn
+        elif name in ("mysql", "mariadb"):
+            lock = conn.execute(
+                sa.text("SELECT GET_LOCK(CONCAT(:n, DATABASE()), :t)"),
+                {"n": _LOCK_NAME + ":", "t": _MYSQL_LOCK_TIMEOUT_S},
+            ).scalar()
+            conn.commit()
+            if lock != 1:
+                raise TimeoutError(f"could not take the store migration lock within {_MYSQL_LOCK_TIMEOUT_S}s")
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                conn.execute(sa.text("SELECT RELEASE_LOCK(CONCAT(:n, DATABASE()))"), {"n": _LOCK_NAME + ":"})
+                conn.commit()
+        elif name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+        else:
+            raise NotImplementedError(f"the portfolio store does not support the {name!r} dialect")
+
+
+def current_version(conn: Connection) -> int:
+    """Schema version recorded in the database (0 when the store was never created)."""
+    if not sa.inspect(conn).has_table(schema.store_meta.name):
+        return 0
+    meta = schema.store_meta
+    value = conn.execute(sa.select(meta.c.value).where(meta.c.key == VERSION_KEY)).scalar()
+    return int(value) if value is not None else 0
+
+
+def migrate(engine: Engine) -> int:
+    """Bring the schema to :data:`~.schema.SCHEMA_VERSION`; safe to call from many processes at once.
+
+    :returns: the schema version after the call.
+    :raises SchemaVersionError: the database was migrated by a newer provider.
+    """
+    with _locked(engine) as conn:
+        version = current_version(conn)
+        if version > schema.SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"the store schema is version {version} but this provider knows only up to "
+                f"{schema.SCHEMA_VERSION}; upgrade airflow-provider-upstox"
+            )
+        for target, description, step in MIGRATIONS:
+            if target <= version:
+                continue
+            log.info("Migrating the Upstox portfolio store to schema version %d (%s)", target, description)
+            step(conn)
+            _set_version(conn, target)
+            version = target
+        return version
+
+
+def _set_version(conn: Connection, version: int) -> None:
+    meta = schema.store_meta
+    now = datetime.now(timezone.utc)
+    updated = conn.execute(
+        meta.update().where(meta.c.key == VERSION_KEY).values(value=str(version), updated_at=now)
+    ).rowcount
+    if not updated:
+        conn.execute(meta.insert().values(key=VERSION_KEY, value=str(version), updated_at=now))

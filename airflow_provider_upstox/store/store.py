@@ -1,0 +1,319 @@
+"""The portfolio store: ordered, idempotent persistence of :class:`Update` batches.
+
+``apply()`` validates every update, de-duplicates the batch in Python (keeping the winning state per
+key by the same version bytes the database compares), then writes everything in ONE transaction:
+order states, order events, positions, holdings, GTT orders, rejected updates and the stream progress
+row, always in that table order and with rows sorted by key so that concurrent writers lock rows in
+the same order. A deadlock or lock timeout rolls the whole batch back and it is retried: every write
+is idempotent, so a retry is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from airflow_provider_upstox.exceptions import InvalidUpdateError
+from airflow_provider_upstox.models.updates import ORDER, Update
+from airflow_provider_upstox.store import migrations, rows, schema, upsert
+
+log = logging.getLogger(__name__)
+
+_RETRY_ATTEMPTS = 8
+_PG_RETRYABLE = frozenset({"40001", "40P01", "55P03"})  # serialization failure, deadlock, lock timeout
+_MYSQL_RETRYABLE = frozenset({1205, 1213})  # lock wait timeout, deadlock
+_SQLITE_RETRYABLE = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
+DEFAULT_STREAM_KEY = "default"
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What one ``apply()`` did, one count per update of the batch.
+
+    :param inserted: updates that created a row.
+    :param updated: updates that replaced a stored state (they were newer).
+    :param ignored: updates that were stale or duplicates (in the store or in the batch).
+    :param rejected: invalid updates, recorded in ``upstox_rejected_updates``.
+    :param events: new rows in ``upstox_order_events`` (informational; best effort on MySQL).
+    """
+
+    inserted: int = 0
+    updated: int = 0
+    ignored: int = 0
+    rejected: int = 0
+    events: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.inserted + self.updated + self.ignored + self.rejected
+
+
+def json_dumps(value: Any) -> str:
+    """JSON for JSON columns (msgspec: fast, keeps non-ASCII as is)."""
+    return msgspec.json.encode(value).decode()
+
+
+class PortfolioStore:
+    """Airflow-free store over any SQLAlchemy engine (PostgreSQL, MySQL/MariaDB, SQLite).
+
+    :param engine: where to write. The schema is migrated on first use (or call :meth:`migrate`).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._migrated = False
+        self._lock = threading.Lock()
+        if engine.dialect.name == "sqlite":
+            sa.event.listen(engine, "connect", _sqlite_on_connect)
+
+    def __repr__(self) -> str:
+        return f"PortfolioStore({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    @classmethod
+    def from_url(cls, url: str | sa.URL, **engine_kwargs: Any) -> PortfolioStore:
+        """A store on a new engine for *url*.
+
+        ``sqlite:///path`` (WAL, busy timeout), ``postgresql+psycopg://...`` (psycopg 3),
+        ``mysql+pymysql://...`` or ``mysql+mysqldb://...`` (MariaDB too).
+        """
+        engine_kwargs.setdefault("json_serializer", json_dumps)
+        engine_kwargs.setdefault("pool_pre_ping", True)
+        return cls(sa.create_engine(url, **engine_kwargs))
+
+    def migrate(self) -> int:
+        """Create or upgrade the schema (idempotent, safe with concurrent callers); returns its version."""
+        version = migrations.migrate(self.engine)
+        self._migrated = True
+        return version
+
+    def _ensure_migrated(self) -> None:
+        if not self._migrated:
+            with self._lock:
+                if not self._migrated:
+                    self.migrate()
+
+    def apply(
+        self, updates: Iterable[Update], account: str | None = None, *, stream_key: str | None = None
+    ) -> ApplyResult:
+        """Write a batch of updates in one transaction; replays and stale states are harmless.
+
+        :param updates: any mix of update types, in any order, duplicates allowed.
+        :param account: Upstox user id for updates whose ``Update.account`` is unset (positions,
+            holdings and GTT messages do not carry it; an order falls back to its ``user_id``).
+        :param stream_key: name of the stream/consumer whose progress row (per account) records the
+            highest seq and latest received time of the batch, in the same transaction.
+        :raises ValueError: a position, holding or GTT update has no account: a caller error, so
+            nothing is written.
+        """
+        batch = list(updates)
+        self._ensure_migrated()
+        now = datetime.now(timezone.utc)
+        write_id = random.getrandbits(62) + 1
+        winners: dict[str, dict[tuple[str, ...], rows.PreparedRow]] = {t: {} for t in schema.STATE_TABLES}
+        events: dict[tuple[str, str, str], dict[str, Any]] = {}
+        rejects: list[dict[str, Any]] = []
+        progress: dict[str, dict[str, Any]] = {}
+        duplicates = 0
+        for update in batch:
+            account_id = rows.resolve_account(update, account)
+            if account_id is None and update.update_type in rows.STORED_TYPES and update.update_type != ORDER:
+                raise ValueError(
+                    f"{update.update_type} update {update.key!r} has no account: pass apply(account=...) "
+                    "(the Upstox user id of the connection); Upstox does not send it in these messages"
+                )
+            try:
+                if update.update_type not in rows.STORED_TYPES:
+                    raise InvalidUpdateError(
+                        "unknown update type: no table stores it", update_type=update.update_type
+                    )
+                if account_id is None:
+                    raise InvalidUpdateError(
+                        "no account: no user_id and none given", update_type=ORDER, key=update.key
+                    )
+                prepared = rows.prepare(update, account_id, now, write_id)
+            except InvalidUpdateError as exc:
+                rejects.append(_reject_row(update, account_id, str(exc), now))
+                continue
+            if account_id is not None:
+                _track(progress, account_id, update, stream_key or DEFAULT_STREAM_KEY, now)
+            table_winners = winners[prepared.update_type]
+            current = table_winners.get(prepared.key)
+            if current is None or prepared.version > current.version:
+                table_winners[prepared.key] = prepared
+            duplicates += current is not None
+            if prepared.event is not None:
+                ev = prepared.event
+                events.setdefault((ev["account"], ev["order_id"], ev["state_id"]), ev)
+        for reject in rejects:
+            log.warning("Rejected %s", reject["error"])
+        return self._write(winners, events, rejects, progress, duplicates, write_id)
+
+    def _write(
+        self,
+        winners: dict[str, dict[tuple[str, ...], rows.PreparedRow]],
+        events: dict[tuple[str, str, str], dict[str, Any]],
+        rejects: list[dict[str, Any]],
+        progress: dict[str, dict[str, Any]],
+        duplicates: int,
+        write_id: int,
+    ) -> ApplyResult:
+        for attempt in range(1, _RETRY_ATTEMPTS + 1):
+            try:
+                with self._begin() as conn:
+                    inserted = updated = ignored = 0
+                    for update_type, table in schema.STATE_TABLES.items():
+                        batch = [winners[update_type][k].row for k in sorted(winners[update_type])]
+                        counts = upsert.upsert_states(
+                            conn, table, schema.KEY_COLUMNS[update_type], batch, write_id
+                        )
+                        inserted += counts.inserted
+                        updated += counts.updated
+                        ignored += counts.ignored
+                    new_events = upsert.insert_ignore(
+                        conn,
+                        schema.order_events,
+                        ("account", "order_id", "state_id"),
+                        [events[k] for k in sorted(events)],
+                    )
+                    if rejects:
+                        conn.execute(schema.rejected_updates.insert(), rejects)
+                    upsert.upsert_progress(
+                        conn, schema.stream_progress, [progress[k] for k in sorted(progress)]
+                    )
+                return ApplyResult(inserted, updated, ignored + duplicates, len(rejects), new_events)
+            except DBAPIError as exc:
+                if attempt == _RETRY_ATTEMPTS or not _retryable(exc):
+                    raise
+                delay = min(0.02 * 2**attempt, 1.0) * random.uniform(0.5, 1.0)
+                log.info("Store batch hit a lock conflict (attempt %d), retrying in %.3fs", attempt, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _begin(self) -> Any:
+        conn = self.engine.connect()
+        if conn.dialect.name in ("mysql", "mariadb"):
+            # READ COMMITTED avoids InnoDB gap locks between writers upserting neighbouring keys; the
+            # rule is evaluated on the locked current row, so it needs no stronger isolation.
+            conn = conn.execution_options(isolation_level="READ COMMITTED")
+        return _Tx(conn)
+
+    # ------------------------------------------------------------------ progress read/write
+    def get_progress(self, account: str, stream_key: str = DEFAULT_STREAM_KEY) -> dict[str, Any] | None:
+        """The progress row of (*account*, *stream_key*) as a dict, or ``None``."""
+        self._ensure_migrated()
+        t = schema.stream_progress
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(sa.select(t).where(t.c.account == account, t.c.stream_key == stream_key))
+                .mappings()
+                .first()
+            )
+        return dict(row) if row is not None else None
+
+    def set_progress_state(self, account: str, stream_key: str, state: dict[str, Any]) -> None:
+        """Store an operator's free-form watermark for (*account*, *stream_key*) (last write wins)."""
+        self._ensure_migrated()
+        t = schema.stream_progress
+        now = datetime.now(timezone.utc)
+        with self.engine.begin() as conn:
+            row = {
+                "account": account,
+                "stream_key": stream_key,
+                "batches": 0,
+                "updates": 0,
+                "updated_at": now,
+            }
+            upsert.upsert_progress(conn, t, [row])
+            conn.execute(
+                t.update().where(t.c.account == account, t.c.stream_key == stream_key).values(state=state)
+            )
+
+
+class _Tx:
+    """``with`` block: one transaction on *conn*, committed on success, closed always."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> Connection:
+        self.conn.begin()
+        return self.conn
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is None:
+                self.conn.commit()
+            else:
+                self.conn.rollback()
+        finally:
+            self.conn.close()
+
+
+def _track(
+    progress: dict[str, dict[str, Any]], account: str, update: Update, key: str, now: datetime
+) -> None:
+    entry = progress.get(account)
+    if entry is None:
+        entry = progress[account] = {
+            "account": account,
+            "stream_key": key,
+            "last_seq": update.seq,
+            "last_received_at": update.received_at,
+            "batches": 1,
+            "updates": 0,
+            "updated_at": now,
+        }
+    entry["updates"] += 1
+    entry["last_seq"] = max(entry["last_seq"], update.seq)
+    entry["last_received_at"] = max(entry["last_received_at"], update.received_at)
+
+
+def _reject_row(update: Update, account: str | None, error: str, now: datetime) -> dict[str, Any]:
+    received = None
+    if isinstance(update.received_at_us, int) and 0 < update.received_at_us < 4_102_444_800_000_000:
+        received = update.received_at
+    key = update.key
+    return {
+        "account": account[:64] if account else None,
+        "update_type": str(update.update_type)[:64],
+        "natural_key": key[:255] if key else None,
+        "error": error,
+        "data": update.data if isinstance(update.data, dict) else {"value": repr(update.data)},
+        "source": str(update.source)[:16],
+        "seq": update.seq if isinstance(update.seq, int) and 0 <= update.seq < 2**63 else None,
+        "received_at": received,
+        "rejected_at": now,
+    }
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if sqlstate in _PG_RETRYABLE:
+        return True
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int) and args[0] in _MYSQL_RETRYABLE:
+        return True
+    return getattr(orig, "sqlite_errorcode", None) in _SQLITE_RETRYABLE
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    """WAL lets readers work while a batch is written; the busy timeout makes writers queue."""
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+    finally:
+        cursor.close()
