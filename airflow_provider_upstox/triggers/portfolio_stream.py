@@ -1,0 +1,355 @@
+"""``UpstoxPortfolioStreamTrigger``: batches of portfolio updates as trigger events.
+
+Thin by design: the connection is resolved inside :meth:`run` (kwargs hold only a connection id,
+never a token, because Airflow stores them as plain JSON), the reconnecting, snapshotting stream is
+:class:`~airflow_provider_upstox.stream.PortfolioStreamClient`, and this class only batches, keeps
+payloads small and secret-free, reports metrics, and hands the open connection over between
+re-deferrals (:mod:`.handoff`).
+
+Two modes (``mode="auto"`` picks by whether a task deferred to the trigger):
+
+* ``deferral``: yield ONE event and return, as Airflow cancels a task's trigger after its first
+  event. The open stream is released to the hand-off registry for the next instance. When no update
+  arrives for ``idle_timeout`` seconds, an ``{"status": "idle"}`` event lets the operator evaluate
+  its stop conditions.
+* ``watch`` (an ``AssetWatcher``): run forever. Transient faults are absorbed by the stream client;
+  a fatal one (the token was refused) yields one error event and then waits ``auth_retry_delay``
+  seconds before trying again, because Airflow would restart a watcher that returns or raises within
+  about a second, with no backoff.
+
+Events::
+
+    {"status": "batch", "account": "AB1234", "updates": [<encoded Update>, ...], "stats": {...}}
+    {"status": "idle", "account": "AB1234", "idle_since_us": 1740641185000000, "stats": {...}}
+    {"status": "error", "error_type": "authentication", "exception": "UpstoxAuthenticationError",
+     "message": "...", "fatal": true, "account": null}
+
+``updates`` decode with :func:`~airflow_provider_upstox.models.updates.decode_updates`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, ClassVar, Literal
+
+import msgspec
+from airflow.triggers.base import BaseEventTrigger, TriggerEvent
+
+from airflow_provider_upstox.client import AsyncUpstoxClient
+from airflow_provider_upstox.exceptions import (
+    UpstoxAPIError,
+    UpstoxAuthenticationError,
+    UpstoxError,
+    UpstoxStreamError,
+    UpstoxTransportError,
+    redact_url,
+)
+from airflow_provider_upstox.hooks.upstox import UpstoxHook
+from airflow_provider_upstox.models.updates import (
+    GTT_ORDER,
+    HOLDING,
+    ORDER,
+    POSITION,
+    STREAM,
+    Update,
+    encode_updates,
+    normalize_update_types,
+    now_us,
+)
+from airflow_provider_upstox.stream import PortfolioStreamClient
+from airflow_provider_upstox.triggers.handoff import HandoffKey, StreamLease, registry
+from airflow_provider_upstox.triggers.metrics import report
+
+try:  # the async masker: the sync one can deadlock the supervisor channel inside an event loop
+    from airflow.sdk.log import amask_secret
+except ImportError:  # pragma: no cover - older task-sdk
+
+    async def amask_secret(secret: Any, name: str | None = None) -> None:  # type: ignore[misc]
+        """No masker available."""
+
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["auto", "deferral", "watch"]
+_MODES = ("auto", "deferral", "watch")
+_EVENT_OVERHEAD = 512  # bytes of an event payload besides its updates
+
+
+def _error_type(exc: BaseException) -> str:
+    if isinstance(exc, UpstoxAuthenticationError):
+        return "authentication"
+    if isinstance(exc, UpstoxStreamError):
+        return "stream"
+    if isinstance(exc, UpstoxTransportError):
+        return "transport"
+    if isinstance(exc, UpstoxAPIError):
+        return "api"
+    return "configuration"
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    """Not worth retrying soon: a refused token, a missing or invalid connection."""
+    return isinstance(exc, UpstoxAuthenticationError) or not isinstance(exc, UpstoxError)
+
+
+class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # airflow is untyped here
+    """Stream an Upstox account's order, position, holding and GTT updates as batched events.
+
+    :param upstox_conn_id: the ``upstox`` connection (token, base URL); resolved in :meth:`run`.
+    :param update_types: subset of ``order,position,holding,gtt_order``; ``None``: the connection's.
+    :param max_batch_size: most updates per event.
+    :param max_batch_wait: seconds to wait, after the first update, for a batch to fill.
+    :param idle_timeout: seconds without any frame before the connection is replaced; in deferral
+        mode also the wait without updates before an ``idle`` event.
+    :param mode: ``"deferral"``, ``"watch"`` or ``"auto"`` (deferral when a task deferred to it).
+    :param max_event_bytes: bound of one event's JSON; bigger batches are split.
+    """
+
+    #: Seconds a released stream stays open for the next instance (0 disables the hand-off).
+    handoff_linger: ClassVar[float] = 30.0
+    #: Seconds a watcher waits after a fatal error (refused token, bad connection) before retrying.
+    auth_retry_delay: ClassVar[float] = 300.0
+    #: Seconds a watcher waits after a transient failure to start a stream (e.g. profile read failed).
+    error_retry_delay: ClassVar[float] = 5.0
+    #: Extra :class:`PortfolioStreamClient` options (tests shorten reconnect delays here).
+    stream_options: ClassVar[dict[str, Any]] = {}
+    #: Extra :class:`UpstoxHook` options (tests pass ``retry_wait``).
+    hook_options: ClassVar[dict[str, Any]] = {}
+
+    def __init__(
+        self,
+        upstox_conn_id: str = UpstoxHook.default_conn_name,
+        update_types: str | Iterable[str] | None = None,
+        max_batch_size: int = 250,
+        max_batch_wait: float = 1.0,
+        idle_timeout: float = 90.0,
+        mode: Mode = "auto",
+        max_event_bytes: int = 256_000,
+    ) -> None:
+        super().__init__()
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        if max_batch_wait < 0 or idle_timeout <= 0:
+            raise ValueError("max_batch_wait must be >= 0 and idle_timeout > 0")
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {', '.join(_MODES)}, not {mode!r}")
+        if max_event_bytes < 4096:
+            raise ValueError("max_event_bytes must be at least 4096")
+        self.upstox_conn_id = upstox_conn_id
+        self.update_types = None if update_types is None else list(normalize_update_types(update_types))
+        self.max_batch_size = int(max_batch_size)
+        self.max_batch_wait = float(max_batch_wait)
+        self.idle_timeout = float(idle_timeout)
+        self.mode: Mode = mode
+        self.max_event_bytes = int(max_event_bytes)
+        self._lease: StreamLease | None = None
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "upstox_conn_id": self.upstox_conn_id,
+                "update_types": self.update_types,
+                "max_batch_size": self.max_batch_size,
+                "max_batch_wait": self.max_batch_wait,
+                "idle_timeout": self.idle_timeout,
+                "mode": self.mode,
+                "max_event_bytes": self.max_event_bytes,
+            },
+        )
+
+    @property
+    def handoff_key(self) -> HandoffKey:
+        return (self.upstox_conn_id, None if self.update_types is None else tuple(self.update_types))
+
+    def effective_mode(self) -> Literal["deferral", "watch"]:
+        if self.mode != "auto":
+            return self.mode
+        return "deferral" if self.task_instance is not None else "watch"
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        events = self._run_deferral() if self.effective_mode() == "deferral" else self._run_watch()
+        async for event in events:
+            yield event
+
+    async def cleanup(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            await lease.aclose()
+
+    # -- modes ------------------------------------------------------------------------------------
+
+    async def _run_deferral(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            lease = await self._acquire()
+        except Exception as exc:
+            yield self._error_event(exc, None)
+            return
+        self._lease = lease
+        try:
+            batch = await lease.stream.next_batch(self.max_batch_size, self.max_batch_wait, self.idle_timeout)
+        except Exception as exc:
+            self._drop_lease()
+            yield self._error_event(exc, lease.account)
+            return
+        except BaseException:  # cancelled while waiting: the next instance takes the stream over
+            self._release_lease()
+            raise
+        if batch:
+            head = self._fit(batch)
+            if len(head) < len(batch):
+                lease.stream.unget(batch[len(head) :])
+            event = self._batch_event(lease, head)
+        else:
+            event = TriggerEvent(
+                {
+                    "status": "idle",
+                    "account": lease.account,
+                    "idle_since_us": now_us() - int(self.idle_timeout * 1e6),
+                    "stats": self._small_stats(lease),
+                }
+            )
+        # Released before yielding: the triggerer may cancel this task right after taking the event.
+        self._release_lease()
+        yield event
+
+    async def _run_watch(self) -> AsyncIterator[TriggerEvent]:
+        while True:
+            try:
+                lease = await self._acquire()
+            except Exception as exc:
+                if _is_fatal(exc):
+                    yield self._error_event(exc, None)
+                    await asyncio.sleep(self.auth_retry_delay)
+                else:
+                    log.warning("Could not start the Upstox portfolio stream (%s); retrying", _text(exc))
+                    await asyncio.sleep(self.error_retry_delay)
+                continue
+            self._lease = lease
+            try:
+                while True:
+                    batch = await lease.stream.next_batch(self.max_batch_size, self.max_batch_wait)
+                    while batch:
+                        head = self._fit(batch)
+                        batch = batch[len(head) :]
+                        yield self._batch_event(lease, head)
+            except Exception as exc:
+                self._drop_lease()
+                yield self._error_event(exc, lease.account)
+                await asyncio.sleep(self.auth_retry_delay if _is_fatal(exc) else self.error_retry_delay)
+            finally:
+                if self._lease is lease:  # cancelled (or the generator closed): close, don't linger
+                    self._drop_lease()
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    async def _acquire(self) -> StreamLease:
+        """The stream released by a previous instance, or a new one (profile read, then connect)."""
+        lease = registry.take(self.handoff_key)
+        if lease is not None:
+            return lease
+        hook = UpstoxHook(upstox_conn_id=self.upstox_conn_id, **self.hook_options)
+        settings = await hook.aget_settings()
+        update_types = tuple(self.update_types or settings.update_types)
+        # Built in a worker thread: httpx loads the CA bundle when a client is created, which blocks
+        # for ~0.1 s, far beyond what a triggerer's shared event loop should ever be blocked for.
+        rest = await asyncio.to_thread(
+            AsyncUpstoxClient,
+            settings.config,
+            on_secret=amask_secret,
+            retry_wait=self.hook_options.get("retry_wait"),
+        )
+        try:
+            profile = await rest.get_profile()
+            account = profile.get("user_id") or profile.get("userId")
+        except BaseException:
+            await rest.aclose()
+            raise
+        readers: dict[str, Callable[[], Any]] = {
+            ORDER: rest.get_order_book,
+            POSITION: rest.get_positions,
+            HOLDING: rest.get_holdings,
+            GTT_ORDER: rest.get_gtt_orders,
+        }
+
+        async def authorize() -> str:
+            return await rest.authorize_portfolio_stream(update_types)
+
+        async def snapshot(update_type: str) -> list[dict[str, Any]]:
+            rows: list[dict[str, Any]] = await readers[update_type]()
+            return rows
+
+        options: dict[str, Any] = {"idle_timeout": self.idle_timeout, **self.stream_options}
+        stream = PortfolioStreamClient(
+            authorize, snapshot, update_types, account=None if account is None else str(account), **options
+        )
+        stream.start()
+        return StreamLease(key=self.handoff_key, stream=stream, rest=rest, account=stream.account)
+
+    def _release_lease(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            registry.release(lease, self.handoff_linger)
+
+    def _drop_lease(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            registry.discard(lease)
+
+    def _fit(self, batch: list[Update]) -> list[Update]:
+        """The longest prefix of *batch* whose encoded JSON fits ``max_event_bytes`` (at least one).
+
+        One encode when the batch fits (the usual case); otherwise the prefix is cut in proportion
+        to the overshoot and re-checked, a few encodes rather than one per update.
+        """
+        budget = self.max_event_bytes - _EVENT_OVERHEAD
+        count = len(batch)
+        size = len(msgspec.json.encode(batch))
+        while size > budget and count > 1:
+            count = max(1, min(count - 1, int(count * budget / size * 0.95)))
+            size = len(msgspec.json.encode(batch[:count]))
+        return batch if count == len(batch) else batch[:count]
+
+    def _small_stats(self, lease: StreamLease) -> dict[str, Any]:
+        s = lease.stream.stats
+        return {
+            "connection": lease.stream.connection_epoch,
+            "handoffs": lease.handoffs,
+            "messages": s.messages,
+            "reconnects": s.reconnects,
+            "decode_errors": s.decode_errors,
+            "pending": lease.stream.pending,
+        }
+
+    def _batch_event(self, lease: StreamLease, batch: list[Update]) -> TriggerEvent:
+        now = now_us()
+        live = [u.received_at_us for u in batch if u.source == STREAM]
+        lag_ms = (now - min(live)) / 1000 if live else None
+        report(lease, len(batch), lag_ms)
+        stats = self._small_stats(lease)
+        if lag_ms is not None:
+            stats["lag_ms"] = round(lag_ms, 1)
+        return TriggerEvent(
+            {"status": "batch", "account": lease.account, "updates": encode_updates(batch), "stats": stats}
+        )
+
+    def _error_event(self, exc: BaseException, account: str | None) -> TriggerEvent:
+        fatal = _is_fatal(exc)
+        log.error("Upstox portfolio stream error event (fatal=%s): %s", fatal, _text(exc))
+        return TriggerEvent(
+            {
+                "status": "error",
+                "error_type": _error_type(exc),
+                "exception": type(exc).__name__,
+                "message": _text(exc),
+                "fatal": fatal,
+                "account": account,
+            }
+        )
+
+
+def _text(exc: BaseException) -> str:
+    """Exception text for events and logs: redacted and bounded (our exceptions carry no secrets)."""
+    return redact_url(str(exc))[:500]

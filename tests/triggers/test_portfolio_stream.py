@@ -1,0 +1,87 @@
+"""Trigger basics: serialization, modes, idle events, the hand-off, metrics-free payload shape."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from airflow_provider_upstox.models.updates import decode_updates
+from airflow_provider_upstox.triggers.handoff import registry
+from airflow_provider_upstox.triggers.portfolio_stream import UpstoxPortfolioStreamTrigger
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_serialize_is_plain_json_and_secret_free() -> None:
+    trigger = UpstoxPortfolioStreamTrigger(upstox_conn_id="acct", update_types="position, order")
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "airflow_provider_upstox.triggers.portfolio_stream.UpstoxPortfolioStreamTrigger"
+    assert json.loads(json.dumps(kwargs)) == kwargs
+    assert kwargs == {
+        "upstox_conn_id": "acct",
+        "update_types": ["order", "position"],
+        "max_batch_size": 250,
+        "max_batch_wait": 1.0,
+        "idle_timeout": 90.0,
+        "mode": "auto",
+        "max_event_bytes": 256_000,
+    }
+    assert UpstoxPortfolioStreamTrigger(**kwargs).serialize() == (classpath, kwargs)
+    assert trigger.effective_mode() == "watch"  # no task deferred to it: an AssetWatcher
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"update_types": "orders"}, {"max_batch_size": 0}, {"mode": "forever"}, {"max_event_bytes": 10}],
+)
+def test_invalid_kwargs_fail_fast(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"."):
+        UpstoxPortfolioStreamTrigger(**kwargs)
+
+
+async def test_deferral_snapshot_then_handoff_then_idle(
+    sim_process: Any, fast_trigger: Any, clean_registry: None
+) -> None:
+    def make() -> UpstoxPortfolioStreamTrigger:
+        return UpstoxPortfolioStreamTrigger(mode="deferral", max_batch_wait=0.05, idle_timeout=0.5)
+
+    first = [e.payload async for e in make().run()]
+    assert len(first) == 1
+    assert first[0]["status"] == "batch"
+    assert {u.source for u in decode_updates(first[0]["updates"])} == {"snapshot"}
+    assert first[0]["stats"]["handoffs"] == 0
+    assert len(registry) == 1
+
+    sim_process.control.step(30)
+    second = [e.payload async for e in make().run()]
+    assert second[0]["status"] == "batch"
+    assert second[0]["stats"]["handoffs"] == 1
+    updates = decode_updates(second[0]["updates"])
+    assert updates
+    assert {u.source for u in updates} == {"stream"}
+    assert {u.connection_epoch for u in updates} == {1}
+    assert all(u.account == first[0]["account"] for u in updates)
+
+    while True:  # drain, then a quiet stream gives an idle event for the operator's stop conditions
+        payload = [e.payload async for e in make().run()].pop()
+        if payload["status"] == "idle":
+            break
+    assert set(payload) == {"status", "account", "idle_since_us", "stats"}
+
+
+async def test_max_event_bytes_splits_batches(
+    sim_process: Any, fast_trigger: Any, clean_registry: None
+) -> None:
+    sim_process.control.step(200)
+    trigger = UpstoxPortfolioStreamTrigger(mode="watch", max_batch_size=2000, max_batch_wait=0.3,
+                                           max_event_bytes=8192)  # fmt: skip
+    agen = trigger.run()
+    sizes = []
+    for _ in range(5):
+        event = await anext(agen)
+        sizes.append(len(json.dumps(event.payload)))
+    await agen.aclose()
+    await trigger.cleanup()
+    assert max(sizes) <= 8192 + 512
