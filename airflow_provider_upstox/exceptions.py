@@ -40,6 +40,19 @@ def redact_url(url: str) -> str:
 class UpstoxError(Exception):
     """Root of every error raised by this provider."""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only details (status, code, retry_after...) live in __dict__; the default
+        # exception pickling would call cls(*args) and lose them. Airflow ships exceptions
+        # between processes, so keep them.
+        return (_restore_error, (type(self), self.args, self.__dict__))
+
+
+def _restore_error(cls: type[UpstoxError], args: tuple[Any, ...], state: dict[str, Any]) -> UpstoxError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
 
 class UpstoxAPIError(UpstoxError):
     """A REST call to Upstox answered with an error.
@@ -84,26 +97,6 @@ class UpstoxAPIError(UpstoxError):
             f"{type(self).__name__}({super().__str__()!r}, status_code={self.status_code!r}, "
             f"error_code={self.error_code!r}, path={self.path!r})"
         )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Keep keyword-only details across pickling (Airflow ships exceptions between processes).
-        return (
-            _rebuild,
-            (type(self), super().__str__(), self.status_code, self.error_code, self.upstox_message, self.path),
-        )
-
-
-def _rebuild(
-    cls: type[UpstoxAPIError],
-    message: str,
-    status_code: int | None,
-    error_code: str | None,
-    upstox_message: str | None,
-    path: str | None,
-) -> UpstoxAPIError:
-    return cls(
-        message, status_code=status_code, error_code=error_code, upstox_message=upstox_message, path=path
-    )
 
 
 class UpstoxAuthenticationError(UpstoxAPIError):
