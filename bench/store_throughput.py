@@ -1,20 +1,24 @@
 """Portfolio store throughput: ``apply()`` against a plain executemany INSERT, in one run.
 
     python bench/store_throughput.py                 # PostgreSQL + SQLite, short (~30 s)
-    python bench/store_throughput.py --full          # also scale to 1M stored rows (minutes, ~1-2 GB)
+    python bench/store_throughput.py --full          # also scale to 1M stored orders (minutes, ~3 GB)
     python bench/store_throughput.py --pg-url postgresql+psycopg://postgres@127.0.0.1:5432/test
 
 For each backend, on a fresh database, with realistic order messages in batches of 500:
 
-- baseline: ``executemany`` INSERT of the already-prepared ``upstox_orders`` rows into the empty
-  table (no conflict handling, no events, no validation: the cheapest possible write);
-- apply/new: ``apply()`` of the same updates on an empty store (validation, version, dedup, upsert
-  into ``upstox_orders`` + insert-ignore into ``upstox_order_events``, progress row);
-- apply/replay: the same updates again (all ignored: the idempotent path);
-- apply/newer: a newer state of every order (all updated).
+- baselines: plain executemany INSERT of the already-prepared ``upstox_orders`` rows into the empty
+  table (no conflict handling, no events, no validation): once through the driver's own
+  ``cursor.executemany`` (values converted beforehand, the cheapest possible write) and once through
+  SQLAlchemy Core (``conn.execute(table.insert(), rows)``);
+- apply, all new: ``apply()`` of the same updates on an empty store (validation, version, dedup,
+  upsert into ``upstox_orders`` + insert-ignore into ``upstox_order_events``, progress row);
+- apply, replay: the same updates again (all ignored: the idempotent path);
+- apply, newer: a newer state of every order (all updated).
 
-Then scaling: with 10k, 100k (and with ``--full`` 1M) orders already stored, apply 10k updates that
-touch existing rows. Goal (issue 6): apply >= 0.5x baseline and >= 20,000 updates/s on PostgreSQL.
+Then scaling: the store is grown in SQL (copies of one stored order and its event) to 100k (and with
+``--full`` 1M) orders, and 10k newer states of stored orders, then 10k new orders, are applied.
+Everything ends in ONE summary table with each figure's ratio to both baselines of the same run.
+Goal (issue 6): apply >= 0.5x a plain executemany INSERT and >= 20,000 updates/s on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
 from airflow_provider_upstox.models.updates import Update
-from airflow_provider_upstox.store import PortfolioStore, schema
+from airflow_provider_upstox.store import PortfolioStore, bulk, schema
 from airflow_provider_upstox.store.rows import prepare
 
 BATCH = 500
@@ -91,56 +96,128 @@ def apply_all(store: PortfolioStore, updates: list[Update]) -> None:
         store.apply(updates[i : i + BATCH], account="AB1234")
 
 
-def baseline_insert(engine: sa.Engine, updates: list[Update]) -> float:
-    """Plain executemany INSERT of the same rows (prepared beforehand, untimed) into an empty table."""
+def _driver_params(backend: str, rows: list[dict[str, Any]]) -> tuple[str, list[Any]]:
+    """A plain single-row INSERT and the rows as driver values (converted beforehand, untimed)."""
+    columns = tuple(rows[0])
+    names = ", ".join(f'"{c}"' for c in columns)
+    if backend == "sqlite":
+        _, converters = bulk._sqlite_plan(schema.orders, columns, ("account", "order_id"), False)
+        plain = f"INSERT INTO upstox_orders ({names}) VALUES ({', '.join('?' for _ in columns)})"
+        return plain, bulk._sqlite_params(rows, columns, converters)
+    json_cols = {c for c in columns if isinstance(schema.orders.c[c].type, sa.JSON)}
+    params = [[bulk._json(r[c]) if c in json_cols else r[c] for c in columns] for r in rows]
+    return f"INSERT INTO upstox_orders ({names}) VALUES ({', '.join('%s' for _ in columns)})", params
+
+
+def baselines(backend: str, engine: sa.Engine, updates: list[Update]) -> tuple[float, float]:
+    """Plain executemany INSERTs of the same ``upstox_orders`` rows into the empty table, batches of 500.
+
+    :returns: (driver ``cursor.executemany`` rows/s, SQLAlchemy Core ``conn.execute(insert, rows)`` rows/s).
+    Rows are prepared and converted beforehand (untimed); no conflict handling, no events.
+    """
     now = datetime.now(timezone.utc)
     rows = [prepare(u, "AB1234", now, 1).row for u in updates]
-    with engine.begin() as conn:
-        conn.execute(schema.orders.delete())
+    sql, params = _driver_params(backend, rows)
 
-    def insert() -> None:
+    def driver() -> None:
+        for i in range(0, len(params), BATCH):
+            with engine.begin() as conn:
+                cur = conn.connection.driver_connection.cursor()
+                cur.executemany(sql, params[i : i + BATCH])
+                cur.close()
+
+    def core() -> None:
         for i in range(0, len(rows), BATCH):
             with engine.begin() as conn:
                 conn.execute(schema.orders.insert(), rows[i : i + BATCH])
 
-    result = rate(len(rows), insert)
+    results = []
+    for fn in (driver, core):
+        with engine.begin() as conn:
+            conn.execute(schema.orders.delete())
+        results.append(rate(len(rows), fn))
     with engine.begin() as conn:
         conn.execute(schema.orders.delete())
-    return result
+    return results[0], results[1]
 
 
-def bulk_fill(engine: sa.Engine, n: int, start: int) -> None:
-    """Pre-store *n* orders quickly (setup for the scaling runs; not timed)."""
-    now = datetime.now(timezone.utc)
-    for i in range(start, start + n, 5000):
-        chunk = order_updates(min(5000, start + n - i), start=i)
-        with engine.begin() as conn:
-            conn.execute(schema.orders.insert(), [prepare(u, "AB1234", now, 1).row for u in chunk])
+def bulk_fill(backend: str, engine: sa.Engine, start: int, stop: int) -> None:
+    """Grow the store to *stop* orders (and as many events) in SQL, copying one template row (untimed)."""
+    if stop <= start:
+        return
+    order_id = "printf('2402210%08d', s.i)" if backend == "sqlite" else "'2402210' || lpad(s.i::text, 8, '0')"
+    series = "WITH RECURSIVE s(i) AS (SELECT {a} UNION ALL SELECT i + 1 FROM s WHERE i < {b}) "
+    template = f"2402210{0:08d}"  # order 0 (stored by the timed runs), copied under new ids
+    with engine.begin() as conn:
+        for table in (schema.orders, schema.order_events):
+            cols = [c.name for c in table.c]
+            select = ", ".join(f"{order_id}" if c == "order_id" else f't."{c}"' for c in cols)
+            for lo in range(start, stop, 100_000):
+                hi = min(stop, lo + 100_000) - 1
+                conn.exec_driver_sql(
+                    series.format(a=lo, b=hi)
+                    + f"INSERT INTO {table.name} ({', '.join(chr(34) + c + chr(34) for c in cols)}) "
+                    f"SELECT {select} FROM s, {table.name} t WHERE t.account = 'AB1234' "
+                    f"AND t.order_id = '{template}'"
+                )
+    # Measure the store, not the fill's aftermath: flush its WAL and give the planner statistics.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        if backend == "postgresql":
+            conn.exec_driver_sql("CHECKPOINT")
+            conn.exec_driver_sql("VACUUM ANALYZE upstox_orders")
+            conn.exec_driver_sql("VACUUM ANALYZE upstox_order_events")
+        else:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.exec_driver_sql("ANALYZE")
 
 
-def run_backend(backend: str, url: str, n: int, scales: list[int]) -> None:
+Row = tuple[str, str, float, str]
+
+
+def run_backend(backend: str, url: str, n: int, scales: list[int]) -> list[Row]:
     store = PortfolioStore.from_url(url)
     store.migrate()
-    base = baseline_insert(store.engine, order_updates(n))
-    new = rate(n, lambda: apply_all(store, order_updates(n)))
-    replay = rate(n, lambda: apply_all(store, order_updates(n)))
-    newer = rate(n, lambda: apply_all(store, order_updates(n, status="open", filled=5, seq0=10**9)))
-    print(f"\n{backend}: {n} order updates, batches of {BATCH}")
-    print(f"  baseline executemany INSERT : {base:10,.0f} rows/s")
-    for label, value in (
-        ("apply, all new", new),
-        ("apply, replay (ignored)", replay),
-        ("apply, newer (updated)", newer),
+    driver, core = baselines(backend, store.engine, order_updates(n))
+    out: list[Row] = [
+        (backend, "baseline: driver executemany INSERT", driver, "rows/s"),
+        (backend, "baseline: SQLAlchemy executemany INSERT", core, "rows/s"),
+    ]
+    for label, updates in (
+        ("apply, all new", order_updates(n)),
+        ("apply, replay (all ignored)", order_updates(n)),
+        ("apply, newer (all updated)", order_updates(n, status="open", filled=5, seq0=10**9)),
     ):
-        print(f"  {label:<28}: {value:10,.0f} updates/s   ratio {value / base:.2f}x baseline")
+        out.append((backend, label, rate(n, lambda u=updates: apply_all(store, u)), "updates/s"))  # type: ignore[misc]
     stored = n
     for target in scales:
-        bulk_fill(store.engine, target - stored, start=stored)
+        bulk_fill(backend, store.engine, stored, target)
         stored = target
         touch = order_updates(10_000, start=0, status="open", filled=7, seq0=2 * 10**9 + target)
+        fresh = order_updates(10_000, start=10_000_000 + target, seq0=3 * 10**9 + target)
         value = rate(len(touch), lambda t=touch: apply_all(store, t))  # type: ignore[misc]
-        print(f"  with {stored:>9,} orders stored, apply 10k newer states: {value:10,.0f} updates/s")
+        out.append((backend, f"{stored:>9,} stored: apply 10k newer states", value, "updates/s"))
+        value = rate(len(fresh), lambda t=fresh: apply_all(store, t))  # type: ignore[misc]
+        out.append((backend, f"{stored:>9,} stored: apply 10k new orders", value, "updates/s"))
     store.engine.dispose()
+    return out
+
+
+def print_summary(rows: list[Row]) -> None:
+    """One table: every figure with its ratio to both baselines of the same backend, same run."""
+    base = {(b, "driver"): v for b, label, v, _ in rows if label.startswith("baseline: driver")}
+    base |= {(b, "core"): v for b, label, v, _ in rows if label.startswith("baseline: SQLAlchemy")}
+    print(f"\nStore throughput, order updates in batches of {BATCH} (ratios: same run, same backend)")
+    header = f"{'backend':<11} {'measure':<42} {'rate':>12}  {'unit':<10} {'x driver':>8} {'x SQLA':>7}"
+    print(header)
+    print("-" * len(header))
+    for backend, label, value, unit in rows:
+        drv = value / base[(backend, "driver")]
+        core = value / base[(backend, "core")]
+        print(f"{backend:<11} {label:<42} {value:>12,.0f}  {unit:<10} {drv:>7.2f}x {core:>6.2f}x")
+    print(
+        "\nGoal (issue 6): apply >= 0.5x a plain executemany INSERT of the same rows into an empty"
+        " table, and >= 20,000 updates/s on PostgreSQL."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,12 +231,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="postgresql,sqlite")
     args = parser.parse_args(argv)
     scales = [10_000, 100_000] + ([1_000_000] if args.full else [])
+    results: list[Row] = []
     for backend in args.backends.split(","):
         try:
             with fresh_database(backend, args.pg_url) as url:
-                run_backend(backend, url, args.updates, [s for s in scales if s > args.updates])
+                results += run_backend(backend, url, args.updates, [s for s in scales if s >= args.updates])
         except sa.exc.OperationalError as exc:
             print(f"\n{backend}: skipped, database not reachable ({exc.orig})", file=sys.stderr)
+    if results:
+        print_summary(results)
     return 0
 
 

@@ -30,13 +30,16 @@ start) loses to any live message received after the snapshot began.
 from __future__ import annotations
 
 import hashlib
+import operator
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Final
 
+import msgspec
 import sqlalchemy as sa
 
 from airflow_provider_upstox.exceptions import InvalidUpdateError
@@ -106,12 +109,24 @@ def money(value: float | None) -> Decimal | None:
     """A JSON float as an exact ``Decimal`` (via its shortest repr), rounded to 6 places."""
     if value is None:
         return None
-    return Decimal(str(value)).quantize(_MONEY_QUANTUM)
+    if not value:  # 0.0 and -0.0 are equal as cache keys but not as Decimals
+        return Decimal(repr(value)).quantize(_MONEY_QUANTUM)
+    return _money(value)
+
+
+@lru_cache(maxsize=8192)
+def _money(value: float) -> Decimal:
+    # Prices repeat a lot within a stream; Decimal is immutable, so sharing one is safe.
+    return Decimal(repr(value)).quantize(_MONEY_QUANTUM)
 
 
 @lru_cache(maxsize=4096)
-def _india_time(value: str) -> datetime | None:
-    return parse_india_time(value)
+def _india_time(value: str | None) -> tuple[datetime | None, int]:
+    """An India-time string as (aware UTC datetime, epoch µs); (None, 0) when absent. Cached."""
+    if not value:
+        return None, 0
+    parsed = parse_india_time(value)
+    return parsed, _us(parsed)
 
 
 def status_rank(status: str) -> int:
@@ -143,62 +158,93 @@ def resolve_account(update: Update, account: str | None) -> str | None:
 def prepare(update: Update, account: str, now: datetime, write_id: int) -> PreparedRow:
     """Validate *update* and build its row.
 
+    This runs once per update on the hot path of ``apply()``, so per-type work (which fields are
+    columns, which are money, which have a length limit) is planned once per type (:func:`_plan`).
+
     :raises InvalidUpdateError: the update cannot be stored (names the field and the update).
     """
     view = typed_view(update)
-    if not isinstance(update.seq, int) or not isinstance(update.received_at_us, int):
+    seq, received_us = update.seq, update.received_at_us
+    if not isinstance(seq, int) or not isinstance(received_us, int):
         raise _invalid(update, "seq and received_at_us must be integers")
-    if not 0 <= update.seq <= _MAX_U64 or not _MIN_EPOCH_US <= update.received_at_us <= _MAX_EPOCH_US:
-        raise _invalid(update, f"seq={update.seq!r} or received_at_us={update.received_at_us!r} out of range")
+    if not 0 <= seq <= _MAX_U64 or not _MIN_EPOCH_US <= received_us <= _MAX_EPOCH_US:
+        raise _invalid(update, f"seq={seq!r} or received_at_us={received_us!r} out of range")
+    received_at = update.received_at
     base: dict[str, Any] = {
         "account": account,
         "raw": update.data,
         "source": update.source,
-        "seq": update.seq,
+        "seq": seq,
         "connection_epoch": update.connection_epoch,
-        "received_at": update.received_at,
+        "received_at": received_at,
         "revision": 1,
         "write_id": write_id,
-        "first_seen_at": update.received_at,
+        "first_seen_at": received_at,
         "updated_at": now,
     }
+    plan = _plan(type(view), schema.STATE_TABLES[update.update_type])
+    row = base | _fields(view, plan)
     if isinstance(view, Order):
-        prepared = _order_row(update, view, base)
+        prepared = _order_row(update, view, row)
     elif isinstance(view, Position):
-        fields = _fields(view, schema.positions)
-        prepared = _state_row(update, base | fields, (account, view.instrument_token, view.product))
+        prepared = _state_row(update, row, (account, view.instrument_token, view.product))
     elif isinstance(view, Holding):
-        prepared = _state_row(update, base | _fields(view, schema.holdings), (account, view.isin))
+        prepared = _state_row(update, row, (account, view.isin))
     else:
-        prepared = _gtt_row(update, view, base)
-    _check_lengths(update, prepared.row, schema.STATE_TABLES[update.update_type])
+        prepared = _gtt_row(update, view, row)
+    _check_lengths(update, prepared.row, plan)
     return prepared
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Per (view type, table): how a view becomes row values (computed once)."""
+
+    all_columns: bool  # every view field is a column: msgspec.structs.asdict() is the row
+    columns: tuple[str, ...]  # view fields that are columns (when not all_columns)
+    money: tuple[str, ...]  # Numeric columns: float -> Decimal
+    lengths: tuple[tuple[int, Callable[[dict[str, Any]], tuple[Any, ...]]], ...]  # limit, values getter
+    limits: tuple[tuple[str, int], ...]  # (column, max length): the exact, slow check
+
+
 @lru_cache(maxsize=16)
-def _field_plan(view_type: type, table: sa.Table) -> tuple[tuple[str, bool], ...]:
-    """(field, is_money) for the view fields that are columns of *table* (computed once per type)."""
+def _plan(view_type: type, table: sa.Table) -> _Plan:
     fields: tuple[str, ...] = view_type.__struct_fields__  # type: ignore[attr-defined]
-    return tuple((f, isinstance(table.c[f].type, sa.Numeric)) for f in fields if f in table.c)
+    columns = tuple(f for f in fields if f in table.c)
+    money_cols = tuple(f for f in columns if isinstance(table.c[f].type, sa.Numeric))
+    limits = tuple(
+        (c.name, c.type.length)  # type: ignore[attr-defined]
+        for c in table.c
+        if getattr(c.type, "length", None)
+    )
+    by_length: dict[int, list[str]] = {}
+    for name, length in limits:
+        by_length.setdefault(length, []).append(name)
+    getters = tuple((length, _values_getter(names)) for length, names in sorted(by_length.items()))
+    return _Plan(len(columns) == len(fields), columns, money_cols, getters, limits)
 
 
-@lru_cache(maxsize=16)
-def _max_lengths(table: sa.Table) -> dict[str, int]:
-    return {c.name: c.type.length for c in table.c if getattr(c.type, "length", None)}  # type: ignore[attr-defined]
+def _values_getter(names: list[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    get = operator.itemgetter(*names)
+    return get if len(names) > 1 else lambda row: (get(row),)
 
 
-def _fields(view: Any, table: sa.Table) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, is_money in _field_plan(type(view), table):  # type: ignore[arg-type]
-        value = getattr(view, name)
-        out[name] = money(value) if is_money and value is not None else value
+def _fields(view: Any, plan: _Plan) -> dict[str, Any]:
+    if plan.all_columns:
+        out = msgspec.structs.asdict(view)
+    else:
+        out = {name: getattr(view, name) for name in plan.columns}
+    for name in plan.money:
+        value = out[name]
+        if value is not None:
+            out[name] = money(value)
     return out
 
 
-def _order_row(update: Update, view: Order, base: dict[str, Any]) -> PreparedRow:
+def _order_row(update: Update, view: Order, row: dict[str, Any]) -> PreparedRow:
     try:
-        exchange_ts = _india_time(view.exchange_timestamp) if view.exchange_timestamp else None
-        order_ts = _india_time(view.order_timestamp) if view.order_timestamp else None
+        exchange_ts, exchange_us = _india_time(view.exchange_timestamp)
+        order_ts, order_us = _india_time(view.order_timestamp)
     except ValueError as exc:
         raise _invalid(update, f"bad timestamp: {exc}") from None
     request_id = 0
@@ -207,31 +253,33 @@ def _order_row(update: Update, view: Order, base: dict[str, Any]) -> PreparedRow
         if not text.isdigit() or len(text) > 18:
             raise _invalid(update, f"order_request_id={view.order_request_id!r} is not a number")
         request_id = int(text)
-    event_ts = exchange_ts or order_ts
-    terminal = view.is_terminal
-    rank = status_rank(view.status)
+    event_ts: datetime | None
+    if exchange_ts is not None:
+        event_ts, event_us = exchange_ts, exchange_us
+    else:
+        event_ts, event_us = order_ts, order_us
+    status = view.status.strip().lower()
+    terminal = status in TERMINAL_ORDER_STATUSES
+    rank = STATUS_RANK.get(status, 0)
     filled = view.filled_quantity or 0
     version = _ORDER_VERSION.pack(
         terminal,
-        _clamp(_us(event_ts)),
+        _clamp(event_us),
         _clamp(filled),
         request_id,
         rank,
         _clamp(update.received_at_us),
         _clamp(update.seq),
     )
-    row = base | _fields(view, schema.orders)
-    row.update(
-        exchange_timestamp=exchange_ts,
-        order_timestamp=order_ts,
-        is_terminal=terminal,
-        event_ts=event_ts,
-        status_rank=rank,
-        version=version,
-    )
-    state = (view.status.strip().lower(), filled, request_id, _us(exchange_ts), _us(order_ts))
+    row["exchange_timestamp"] = exchange_ts
+    row["order_timestamp"] = order_ts
+    row["is_terminal"] = terminal
+    row["event_ts"] = event_ts
+    row["status_rank"] = rank
+    row["version"] = version
+    state = (status, filled, request_id, exchange_us, order_us)
     event = {
-        "account": base["account"],
+        "account": row["account"],
         "order_id": view.order_id,
         "state_id": hashlib.sha1(repr(state).encode(), usedforsecurity=False).hexdigest(),
         "status": view.status,
@@ -246,9 +294,9 @@ def _order_row(update: Update, view: Order, base: dict[str, Any]) -> PreparedRow
         "raw": update.data,
         "source": update.source,
         "seq": update.seq,
-        "received_at": base["received_at"],
+        "received_at": row["received_at"],
     }
-    return PreparedRow(ORDER, (base["account"], view.order_id), version, row, event)
+    return PreparedRow(ORDER, (row["account"], view.order_id), version, row, event)
 
 
 def _state_row(update: Update, row: dict[str, Any], key: tuple[str, ...]) -> PreparedRow:
@@ -257,22 +305,27 @@ def _state_row(update: Update, row: dict[str, Any], key: tuple[str, ...]) -> Pre
     return PreparedRow(update.update_type, key, version, row)
 
 
-def _gtt_row(update: Update, view: GttOrder, base: dict[str, Any]) -> PreparedRow:
+def _gtt_row(update: Update, view: GttOrder, row: dict[str, Any]) -> PreparedRow:
     for name in ("created_at", "expires_at"):
         value = getattr(view, name)
         if value is not None and not _MIN_EPOCH_US <= value <= _MAX_EPOCH_US:
             raise _invalid(update, f"{name}={value!r} is not epoch microseconds between 2000 and 2100")
-    row = base | _fields(view, schema.gtt_orders)
     row.update(
         created_at=epoch_us_to_utc(view.created_at),
         expires_at=epoch_us_to_utc(view.expires_at),
         rules=update.data.get("rules") or [],
     )
-    return _state_row(update, row, (base["account"], view.gtt_order_id))
+    return _state_row(update, row, (row["account"], view.gtt_order_id))
 
 
-def _check_lengths(update: Update, row: dict[str, Any], table: sa.Table) -> None:
-    for name, length in _max_lengths(table).items():
+def _check_lengths(update: Update, row: dict[str, Any], plan: _Plan) -> None:
+    try:
+        # Fast path: one C-level max() per distinct limit; any surprise falls to the exact loop.
+        if all(max(map(len, filter(None, get(row))), default=0) <= length for length, get in plan.lengths):
+            return
+    except (TypeError, KeyError):
+        pass
+    for name, length in plan.limits:
         value = row.get(name)
         if isinstance(value, str) and len(value) > length:
             raise _invalid(update, f"{name} is longer than {length} characters")

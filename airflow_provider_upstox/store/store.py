@@ -14,9 +14,11 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -26,7 +28,7 @@ from sqlalchemy.exc import DBAPIError
 
 from airflow_provider_upstox.exceptions import InvalidUpdateError
 from airflow_provider_upstox.models.updates import ORDER, Update
-from airflow_provider_upstox.store import migrations, rows, schema, upsert
+from airflow_provider_upstox.store import bulk, migrations, rows, schema, upsert
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +123,7 @@ class PortfolioStore:
         now = datetime.now(timezone.utc)
         write_id = random.getrandbits(62) + 1
         winners: dict[str, dict[tuple[str, ...], rows.PreparedRow]] = {t: {} for t in schema.STATE_TABLES}
-        events: dict[tuple[str, str, str], dict[str, Any]] = {}
+        events: dict[tuple[str, str, str], rows.PreparedRow] = {}
         rejects: list[dict[str, Any]] = []
         progress: dict[str, dict[str, Any]] = {}
         duplicates = 0
@@ -154,7 +156,7 @@ class PortfolioStore:
             duplicates += current is not None
             if prepared.event is not None:
                 ev = prepared.event
-                events.setdefault((ev["account"], ev["order_id"], ev["state_id"]), ev)
+                events.setdefault((ev["account"], ev["order_id"], ev["state_id"]), prepared)
         for reject in rejects:
             log.warning("Rejected %s", reject["error"])
         return self._write(winners, events, rejects, progress, duplicates, write_id)
@@ -162,7 +164,7 @@ class PortfolioStore:
     def _write(
         self,
         winners: dict[str, dict[tuple[str, ...], rows.PreparedRow]],
-        events: dict[tuple[str, str, str], dict[str, Any]],
+        events: dict[tuple[str, str, str], rows.PreparedRow],
         rejects: list[dict[str, Any]],
         progress: dict[str, dict[str, Any]],
         duplicates: int,
@@ -170,26 +172,31 @@ class PortfolioStore:
     ) -> ApplyResult:
         for attempt in range(1, _RETRY_ATTEMPTS + 1):
             try:
-                with self._begin() as conn:
-                    inserted = updated = ignored = 0
+                with self._begin() as conn, _driver_errors(conn):
+                    upsert_states, insert_ignore = _writers(conn, write_id)
+                    inserted = updated = ignored = new_events = 0
+                    pg = conn.dialect.name == "postgresql"
                     for update_type, table in schema.STATE_TABLES.items():
-                        batch = [winners[update_type][k].row for k in sorted(winners[update_type])]
-                        counts = upsert.upsert_states(
-                            conn, table, schema.KEY_COLUMNS[update_type], batch, write_id
-                        )
+                        if pg and update_type == ORDER:
+                            counts, new_events = _pg_orders(conn, winners[ORDER], events)
+                        else:
+                            batch = [winners[update_type][k].row for k in sorted(winners[update_type])]
+                            counts = upsert_states(table, schema.KEY_COLUMNS[update_type], batch)
                         inserted += counts.inserted
                         updated += counts.updated
                         ignored += counts.ignored
-                    new_events = upsert.insert_ignore(
-                        conn,
-                        schema.order_events,
-                        ("account", "order_id", "state_id"),
-                        [events[k] for k in sorted(events)],
-                    )
+                    if not pg:
+                        new_events = insert_ignore(
+                            schema.order_events,
+                            ("account", "order_id", "state_id"),
+                            [events[k].event for k in sorted(events)],  # type: ignore[misc]
+                        )
                     if rejects:
                         conn.execute(schema.rejected_updates.insert(), rejects)
                     upsert.upsert_progress(
-                        conn, schema.stream_progress, [progress[k] for k in sorted(progress)]
+                        conn,
+                        schema.stream_progress,
+                        [_without(progress[k], "last_received_us") for k in sorted(progress)],
                     )
                 return ApplyResult(inserted, updated, ignored + duplicates, len(rejects), new_events)
             except DBAPIError as exc:
@@ -207,6 +214,30 @@ class PortfolioStore:
             # rule is evaluated on the locked current row, so it needs no stronger isolation.
             conn = conn.execution_options(isolation_level="READ COMMITTED")
         return _Tx(conn)
+
+    # ------------------------------------------------------------------ state read
+    def read_state(self, account: str) -> dict[str, dict[str, dict[str, Any]]]:
+        """Every stored state of *account*, for reconciliation against a REST snapshot.
+
+        :returns: ``{"order": {order_id: row}, "position": {"<instrument_token>:<product>": row},
+            "holding": {isin: row}, "gtt_order": {gtt_order_id: row}}``; each row is a dict of the
+            table's columns (``raw`` is the Upstox JSON as received, money ``Decimal``, times aware
+            UTC, ``version`` bytes). Keys follow ``Update.key`` and the simulator's ``/_sim/state``.
+        """
+        self._ensure_migrated()
+        state: dict[str, dict[str, dict[str, Any]]] = {}
+        with self.engine.connect() as conn:
+            for update_type, table in schema.STATE_TABLES.items():
+                key_cols = schema.KEY_COLUMNS[update_type][1:]  # without "account"
+                found: dict[str, dict[str, Any]] = {}
+                query = sa.select(table).where(table.c.account == account).order_by(*table.primary_key)
+                for mapping in conn.execute(query).mappings():
+                    row = dict(mapping)
+                    if isinstance(row.get("version"), memoryview):  # psycopg returns bytea as memoryview
+                        row["version"] = bytes(row["version"])
+                    found[":".join(str(row[c]) for c in key_cols)] = row
+                state[update_type] = found
+        return state
 
     # ------------------------------------------------------------------ progress read/write
     def get_progress(self, account: str, stream_key: str = DEFAULT_STREAM_KEY) -> dict[str, Any] | None:
@@ -240,6 +271,73 @@ class PortfolioStore:
             )
 
 
+_UpsertStates = Callable[[sa.Table, Sequence[str], list[dict[str, Any]]], upsert.WriteCounts]
+_InsertIgnore = Callable[[sa.Table, Sequence[str], list[dict[str, Any]]], int]
+
+
+def _writers(conn: Connection, write_id: int) -> tuple[_UpsertStates, _InsertIgnore]:
+    """The batch writers for *conn*'s dialect, all inside *conn*'s open transaction.
+
+    PostgreSQL and SQLite use the driver-level statements of :mod:`.bulk` (the speed path); MySQL
+    and MariaDB the SQLAlchemy upserts of :mod:`.upsert`. Both enforce the same rule in SQL.
+    """
+    name = conn.dialect.name
+    if name in ("postgresql", "sqlite"):
+        raw = conn.connection.driver_connection
+        if name == "postgresql":
+            return partial(bulk.pg_upsert_states, raw), partial(bulk.pg_insert_ignore, raw)
+        return partial(bulk.sqlite_upsert_states, raw), partial(bulk.sqlite_insert_ignore, raw)
+
+    def upsert_states(
+        table: sa.Table, key_cols: Sequence[str], batch: list[dict[str, Any]]
+    ) -> upsert.WriteCounts:
+        return upsert.upsert_states(conn, table, key_cols, batch, write_id)
+
+    return upsert_states, partial(upsert.insert_ignore, conn)
+
+
+def _pg_orders(
+    conn: Connection,
+    winners: dict[tuple[str, ...], rows.PreparedRow],
+    events: dict[tuple[str, str, str], rows.PreparedRow],
+) -> tuple[upsert.WriteCounts, int]:
+    """PostgreSQL: winning order states and new events in one statement (see :func:`.bulk.pg_write_orders`).
+
+    Every event's values equal its source update's order row, so one payload entry per update
+    serves both tables, flagged as winner and/or event source.
+    """
+    entries: list[tuple[tuple[str, ...], int, dict[str, Any], str, bool, bool]] = []
+    for key, prepared in events.items():
+        is_winner = winners.get(prepared.key) is prepared
+        entries.append((key, 0, prepared.row, key[2], is_winner, True))
+    for prepared in winners.values():
+        state_id: str = prepared.event["state_id"]  # type: ignore[index]
+        key = (prepared.key[0], prepared.key[1], state_id)
+        if events[key] is not prepared:  # its state was seen first in another update of the batch
+            entries.append((key, 1, prepared.row, state_id, True, False))
+    entries.sort(key=lambda e: (e[0], e[1]))
+    ordered = [(row, state_id, w, e) for _, _, row, state_id, w, e in entries]
+    return bulk.pg_write_orders(conn.connection.driver_connection, ordered, len(winners))
+
+
+@contextmanager
+def _driver_errors(conn: Connection) -> Iterator[None]:
+    """Raise errors of the driver-level statements (:mod:`.bulk`) as SQLAlchemy ``DBAPIError``s.
+
+    Callers and the retry loop then see the same exception types (``OperationalError``,
+    ``IntegrityError``...) whichever path wrote the batch.
+    """
+    try:
+        yield
+    except DBAPIError:
+        raise
+    except Exception as exc:
+        base = conn.dialect.loaded_dbapi.Error
+        if isinstance(exc, base):
+            raise DBAPIError.instance(None, None, exc, base, dialect=conn.dialect) from exc
+        raise
+
+
 class _Tx:
     """``with`` block: one transaction on *conn*, committed on success, closed always."""
 
@@ -270,13 +368,21 @@ def _track(
             "stream_key": key,
             "last_seq": update.seq,
             "last_received_at": update.received_at,
+            "last_received_us": update.received_at_us,  # compared instead of building datetimes
             "batches": 1,
             "updates": 0,
             "updated_at": now,
         }
     entry["updates"] += 1
-    entry["last_seq"] = max(entry["last_seq"], update.seq)
-    entry["last_received_at"] = max(entry["last_received_at"], update.received_at)
+    if update.seq > entry["last_seq"]:
+        entry["last_seq"] = update.seq
+    if update.received_at_us > entry["last_received_us"]:
+        entry["last_received_us"] = update.received_at_us
+        entry["last_received_at"] = update.received_at
+
+
+def _without(row: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k != key}
 
 
 def _reject_row(update: Update, account: str | None, error: str, now: datetime) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""Dialect-native multi-row upserts with the ordering rule inside the statement.
+"""Dialect-native multi-row upserts with the ordering rule inside the statement (SQLAlchemy Core).
+
+``apply()`` uses these for MySQL/MariaDB; PostgreSQL and SQLite batches go through the equivalent
+driver-level statements of :mod:`.bulk` (same condition, faster), and these stay the reference the
+tests compare that path against.
 
 PostgreSQL and SQLite::
 
