@@ -1,0 +1,121 @@
+"""When a continuous stream task stops: pure functions of its recorded progress and the clock.
+
+Kept apart from the operator so the rules are tested without Airflow, and so the same numbers
+decide both "stop now?" and "how long may the next deferral wait before we must look again?".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, time, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+INDIA: ZoneInfo = ZoneInfo("Asia/Kolkata")
+_HHMM = re.compile(r"^\s*(\d{1,2}):(\d{2})(?::(\d{2}))?\s*$")
+
+
+def parse_stop_at(value: str | time | None) -> time | None:
+    """``"15:30"`` / ``"15:30:00"`` / a :class:`~datetime.time` -> time of day (India), ``None`` if unset.
+
+    :raises ValueError: for any other text, naming the expected format.
+    """
+    if value is None or isinstance(value, time):
+        return value
+    text = str(value).strip()
+    if text in ("", "None", "null"):
+        return None
+    match = _HHMM.match(text)
+    if not match:
+        raise ValueError(f"stop_at must be HH:MM or HH:MM:SS in Asia/Kolkata time, got {value!r}")
+    hour, minute, second = int(match[1]), int(match[2]), int(match[3] or 0)
+    return time(hour, minute, second)  # raises ValueError for 25:00 and the like
+
+
+def next_stop_deadline(stop_at: time, now: datetime) -> datetime:
+    """The first instant at or after *now* whose India wall-clock time is *stop_at* (UTC, aware).
+
+    A task started after today's ``stop_at`` runs until tomorrow's: stopping at once would make a
+    continuous DAG spin through empty runs until midnight.
+    """
+    local_now = now.astimezone(INDIA)
+    candidate = datetime.combine(local_now.date(), stop_at, tzinfo=INDIA)
+    if candidate <= local_now:
+        candidate = datetime.combine(local_now.date() + timedelta(days=1), stop_at, tzinfo=INDIA)
+    return candidate.astimezone(timezone.utc)
+
+
+def optional_number(value: Any, name: str, *, integer: bool = False) -> float | None:
+    """Coerce a templated value (``"30"``, ``"None"``, ``""``, ``30``) to a positive number or ``None``.
+
+    :raises ValueError: naming the parameter for negative or non-numeric values.
+    """
+    if value is None or (isinstance(value, str) and value.strip() in ("", "None", "null")):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if number < 0 or (integer and number != int(number)):
+        raise ValueError(f"{name} must be a non-negative {'integer' if integer else 'number'}, got {value!r}")
+    return number
+
+
+@dataclass
+class StreamProgress:
+    """What a stream task has done so far in this try; stored in the database between deferrals."""
+
+    started_at_us: int
+    idle_since_us: int
+    deadline_us: int | None = None
+    batches: int = 0
+    updates: int = 0
+    events: int = 0
+    last_event_at_us: int | None = None
+    account: str | None = None
+    rows_by_type: dict[str, int] = field(default_factory=dict)
+    applied: dict[str, int] = field(default_factory=dict)
+    errors: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StreamProgress:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class StopRules:
+    """The configured stop conditions; ``None`` disables one."""
+
+    max_batches: int | None = None
+    stop_after_idle: float | None = None
+
+    def reason_to_stop(self, progress: StreamProgress, now_us: int) -> str | None:
+        """Why the task should stop now, or ``None`` to keep streaming."""
+        if self.max_batches is not None and progress.batches >= self.max_batches:
+            return f"max_batches={self.max_batches} reached"
+        if progress.deadline_us is not None and now_us >= progress.deadline_us:
+            return "stop_at reached"
+        if (
+            self.stop_after_idle is not None
+            and now_us - progress.idle_since_us >= self.stop_after_idle * 1_000_000
+        ):
+            return f"idle for {self.stop_after_idle:g} s"
+        return None
+
+    def wake_after(self, progress: StreamProgress, now_us: int) -> float | None:
+        """Seconds the next deferral may last before the stop conditions must be looked at again.
+
+        Used as the deferral's timeout: on a silent market no trigger event comes, so Airflow's
+        trigger timeout is what wakes the task to stop on time. At least one second.
+        """
+        waits: list[float] = []
+        if progress.deadline_us is not None:
+            waits.append((progress.deadline_us - now_us) / 1e6)
+        if self.stop_after_idle is not None:
+            waits.append((progress.idle_since_us + self.stop_after_idle * 1e6 - now_us) / 1e6)
+        return max(1.0, min(waits)) if waits else None

@@ -1,0 +1,143 @@
+"""Event-driven ingestion: persist the batches an ``AssetWatcher`` turned into asset events.
+
+With an :class:`~airflow.sdk.AssetWatcher` on ``UpstoxPortfolioStreamTrigger``, every trigger event
+becomes an asset event whose ``extra`` is ``{"from_trigger": true, "payload": <the event>}``; a DAG
+scheduled on the asset persists them.
+
+Why not just ``triggering_asset_events``: Airflow has consumed events queued during an active run
+only when a later event came (apache/airflow#56050), and HA schedulers have started two runs for
+one event (#63507). So :func:`persist_asset_events` reads *every* event of the asset after a
+watermark kept in the store's database (``inlet_events[asset].after(...)``), applies them in
+(timestamp, id) order and advances the watermark after each applied chunk. The watermark is the
+last event's timestamp plus the ids of the events applied in the :data:`LOOKBACK` before it: the
+read starts that much earlier and skips those ids, so an event committed late with a slightly
+older timestamp (another scheduler or triggerer, clock skew) is still picked up. A second run for
+the same events, or a crash between apply and watermark, replays batches the store already has:
+harmless, the store is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import Asset, BaseOperator
+
+from airflow_provider_upstox.exceptions import InvalidUpdateError
+from airflow_provider_upstox.models.updates import Update, decode_updates
+from airflow_provider_upstox.operators._db import load_progress, open_store, save_progress
+
+log = logging.getLogger(__name__)
+
+#: Most updates applied in one store transaction by :func:`persist_asset_events`.
+CHUNK_UPDATES = 2000
+#: How far before the watermark each read starts (see the module docstring).
+LOOKBACK = timedelta(seconds=60)
+
+
+def watermark_key(asset: Asset) -> str:
+    return f"asset_events:{asset.name}"
+
+
+def persist_asset_events(context: Any, asset: Asset, sql_conn_id: str = "upstox_db") -> dict[str, Any]:
+    """Apply every not yet persisted event of *asset* to the store; one call per task.
+
+    The task must declare *asset* in its ``inlets``.
+
+    :returns: counts: ``events`` read, ``batches`` applied, ``updates``, ``errors`` (error events
+        seen), ``skipped`` (events at or before the watermark), and the new watermark.
+    """
+    store = open_store(sql_conn_id)
+    key = watermark_key(asset)
+    mark = load_progress(store, key) or {}
+    mark_dt = datetime.fromisoformat(mark["timestamp"]) if mark.get("timestamp") else None
+    recent: dict[int, str] = {int(k): v for k, v in (mark.get("recent") or {}).items()}
+    accessor = context["inlet_events"][asset]
+    events = list(accessor.after((mark_dt - LOOKBACK).isoformat()) if mark_dt else accessor)
+    events.sort(key=lambda e: (e.timestamp, e.id))
+    counts = {"events": len(events), "batches": 0, "updates": 0, "errors": 0, "skipped": 0}
+    pending: dict[str, list[Update]] = {}
+    pending_size = 0
+    last: Any = None
+
+    def flush() -> None:
+        nonlocal pending, pending_size
+        for account, updates in pending.items():
+            store.apply(updates, account=account)
+        if last is not None:
+            horizon = last.timestamp - LOOKBACK
+            kept = {i: t for i, t in recent.items() if datetime.fromisoformat(t) >= horizon}
+            recent.clear()
+            recent.update(kept)
+            save_progress(
+                store,
+                key,
+                {
+                    "timestamp": last.timestamp.isoformat(),
+                    "event_id": last.id,
+                    "recent": {str(i): t for i, t in kept.items()},
+                },
+            )
+        pending, pending_size = {}, 0
+
+    for event in events:
+        if event.id in recent or (mark_dt is not None and event.timestamp < mark_dt - LOOKBACK):
+            counts["skipped"] += 1
+            continue
+        recent[event.id] = event.timestamp.isoformat()
+        payload = (event.extra or {}).get("payload") or {}
+        status = payload.get("status") if isinstance(payload, dict) else None
+        if status == "batch":
+            try:
+                updates = decode_updates(payload.get("updates") or [])
+            except InvalidUpdateError as exc:
+                log.error("Asset event %s holds an undecodable batch (%s); skipped", event.id, exc)
+                counts["errors"] += 1
+                updates = []
+            if updates:
+                account = str(payload.get("account") or updates[0].account or "")
+                if not account:
+                    log.error("Asset event %s has no account; skipped", event.id)
+                    counts["errors"] += 1
+                else:
+                    pending.setdefault(account, []).extend(updates)
+                    pending_size += len(updates)
+                    counts["batches"] += 1
+                    counts["updates"] += len(updates)
+        elif status == "error":
+            counts["errors"] += 1
+            log.warning(
+                "Stream error reported by the watcher of %s: %s %s",
+                asset.name,
+                payload.get("error_type"),
+                payload.get("message"),
+            )
+        last = event
+        if pending_size >= CHUNK_UPDATES:
+            flush()
+    flush()
+    if last is not None:
+        counts["watermark_event_id"] = last.id
+    log.info("Persisted asset events of %s: %s", asset.name, counts)
+    return counts
+
+
+class UpstoxPersistAssetEventsOperator(BaseOperator):
+    """Persist every new event of watched Upstox assets (see :func:`persist_asset_events`).
+
+    :param assets: the watched assets (``assets.watched_asset(...)``); also become the task's inlets.
+    :param sql_conn_id: the store's SQL connection.
+    """
+
+    template_fields: Sequence[str] = ("sql_conn_id",)
+
+    def __init__(self, *, assets: Sequence[Asset], sql_conn_id: str = "upstox_db", **kwargs: Any) -> None:
+        kwargs.setdefault("inlets", list(assets))
+        super().__init__(**kwargs)
+        self.assets = list(assets)
+        self.sql_conn_id = sql_conn_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        return {asset.name: persist_asset_events(context, asset, self.sql_conn_id) for asset in self.assets}

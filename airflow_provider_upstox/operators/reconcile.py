@@ -1,0 +1,255 @@
+"""``UpstoxReconcileOperator``: compare the portfolio store with Upstox's REST snapshots.
+
+The stream has no replay, so the store can only be as good as the stream plus the snapshot taken on
+each reconnect. This operator checks that claim: it reads the order book, positions, holdings and
+GTT orders over REST, compares them with the stored rows of the same account (see
+:mod:`.reconciliation` for what is compared and what is out of scope), records the run and every
+difference, optionally repairs by applying the snapshot through the store (the store's ordering
+rule still applies, so a snapshot never overwrites a newer live state), and fails or warns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from airflow.sdk import BaseOperator
+
+from airflow_provider_upstox.models.updates import (
+    GTT_ORDER,
+    HOLDING,
+    INDIA_TZ,
+    ORDER,
+    POSITION,
+    SNAPSHOT,
+    Update,
+    natural_key,
+    next_seq,
+    normalize_update_types,
+    now_us,
+    strip_deprecated,
+)
+from airflow_provider_upstox.operators._db import open_store, store_engine
+from airflow_provider_upstox.operators.reconciliation import (
+    Discrepancy,
+    compare,
+    create_tables,
+    finish_run,
+    index_rows,
+    start_run,
+)
+
+log = logging.getLogger(__name__)
+
+OnDiscrepancy = Literal["fail", "warn", "ignore"]
+
+#: Store table of each update type, and its natural-key columns (besides ``account``).
+STORE_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    ORDER: ("upstox_orders", ("order_id",)),
+    POSITION: ("upstox_positions", ("instrument_token", "product")),
+    HOLDING: ("upstox_holdings", ("isin",)),
+    GTT_ORDER: ("upstox_gtt_orders", ("gtt_order_id",)),
+}
+_RAW_COLUMNS = ("raw", "raw_json", "data", "payload", "raw_data")
+_TYPED_COLUMNS = frozenset({"status", "filled_quantity", "quantity", "day_buy_quantity", "day_sell_quantity"})
+
+
+class UpstoxReconciliationError(RuntimeError):
+    """Reconciliation found differences and ``on_discrepancy="fail"``."""
+
+
+def read_stored(engine: sa.Engine, account: str, update_type: str) -> dict[str, dict[str, Any]]:
+    """Stored objects of *account* and *update_type*, keyed like the snapshot.
+
+    The object is the stored raw Upstox JSON, overlaid with typed columns of the same name (the
+    typed columns are what the store's ordering rule maintains).
+    """
+    table_name, _ = STORE_TABLES[update_type]
+    table = sa.Table(table_name, sa.MetaData(), autoload_with=engine)
+    raw_col = next((c for c in _RAW_COLUMNS if c in table.c), None)
+    result: dict[str, dict[str, Any]] = {}
+    with engine.connect() as conn:
+        for row in conn.execute(sa.select(table).where(table.c.account == account)).mappings():
+            data: dict[str, Any] = {}
+            raw = row[raw_col] if raw_col else None
+            if isinstance(raw, str):
+                import json
+
+                raw = json.loads(raw)
+            if isinstance(raw, dict):
+                data.update(raw)
+            for name, value in row.items():
+                if name in _TYPED_COLUMNS and value is not None:
+                    data[name] = value
+            key = natural_key(update_type, data)
+            if key is not None:
+                result[key] = data
+    return result
+
+
+class UpstoxReconcileOperator(BaseOperator):
+    """Compare the store with Upstox REST snapshots; record, optionally repair, fail or warn.
+
+    :param upstox_conn_id: the ``upstox`` connection whose account is reconciled.
+    :param sql_conn_id: the store's SQL connection.
+    :param update_types: kinds to reconcile (default all four).
+    :param repair: apply the snapshot rows of every difference through the store.
+    :param on_discrepancy: ``"fail"`` (default), ``"warn"`` or ``"ignore"``; with ``repair``, only
+        differences that remain after repair count.
+    """
+
+    template_fields: Sequence[str] = ("sql_conn_id", "update_types", "repair", "on_discrepancy")
+    ui_color = "#2d8259"
+
+    def __init__(
+        self,
+        *,
+        upstox_conn_id: str = "upstox_default",
+        sql_conn_id: str = "upstox_db",
+        update_types: str | Sequence[str] | None = None,
+        repair: bool | str = False,
+        on_discrepancy: OnDiscrepancy | str = "fail",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.upstox_conn_id = upstox_conn_id
+        self.sql_conn_id = sql_conn_id
+        self.update_types = update_types
+        self.repair = repair
+        self.on_discrepancy = on_discrepancy
+
+    def _fetch(self, hook: Any, update_type: str) -> list[dict[str, Any]]:
+        getter = {
+            ORDER: hook.get_order_book,
+            POSITION: hook.get_positions,
+            HOLDING: hook.get_holdings,
+            GTT_ORDER: hook.get_gtt_orders,
+        }[update_type]
+        return [strip_deprecated(dict(row)) for row in getter()]
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_provider_upstox.hooks.upstox import UpstoxHook
+
+        policy = str(self.on_discrepancy).strip().lower()
+        if policy not in ("fail", "warn", "ignore"):
+            raise ValueError(f"on_discrepancy must be fail, warn or ignore, got {self.on_discrepancy!r}")
+        repair = _truthy(self.repair)
+        types = normalize_update_types(self.update_types)
+        hook = UpstoxHook(upstox_conn_id=self.upstox_conn_id)
+        store = open_store(self.sql_conn_id)
+        engine = store_engine(store)
+        create_tables(engine)
+        account = str(hook.get_account_id())
+        ti = context.get("ti")
+        run_id = start_run(
+            engine,
+            account=account,
+            upstox_conn_id=self.upstox_conn_id,
+            dag_id=getattr(ti, "dag_id", None),
+            dag_run_id=getattr(ti, "run_id", None),
+            update_types=",".join(types),
+        )
+        try:
+            discrepancies, compared, snapshots, started_us = self._compare_all(hook, engine, account, types)
+            repaired: set[tuple[str, str]] = set()
+            if repair and discrepancies:
+                repaired = self._repair(store, engine, account, discrepancies, snapshots, started_us)
+        except Exception:
+            finish_run(engine, run_id, account, [], set(), compared=0, status="error")
+            raise
+        remaining = [d for d in discrepancies if (d.update_type, d.key) not in repaired]
+        status = "clean" if not discrepancies else ("repaired" if not remaining else "discrepancies")
+        finish_run(engine, run_id, account, discrepancies, repaired, compared=compared, status=status)
+        summary = {
+            "run_id": run_id,
+            "account": account,
+            "compared": compared,
+            "discrepancies": len(discrepancies),
+            "repaired": len(repaired),
+            "remaining": len(remaining),
+            "by_kind": _count_by(discrepancies),
+            "status": status,
+        }
+        log.info("Reconciliation of %s: %s", account, summary)
+        for d in remaining[:20]:
+            log.warning(
+                "Discrepancy %s %s %s field=%s db=%r snapshot=%r",
+                d.update_type,
+                d.key,
+                d.kind,
+                d.field,
+                d.db_value if d.field else None,
+                d.snapshot_value if d.field else None,
+            )
+        if remaining and policy == "fail":
+            raise UpstoxReconciliationError(
+                f"{len(remaining)} discrepancies between the store and Upstox for account {account} "
+                f"(run {run_id}; see upstox_reconciliation_discrepancies): {summary['by_kind']}"
+            )
+        return summary
+
+    def _compare_all(
+        self, hook: Any, engine: sa.Engine, account: str, types: Sequence[str]
+    ) -> tuple[list[Discrepancy], int, dict[str, dict[str, dict[str, Any]]], int]:
+        started_us = now_us()
+        today = datetime.now(INDIA_TZ).date()
+        snapshots: dict[str, dict[str, dict[str, Any]]] = {}
+        found: list[Discrepancy] = []
+        compared = 0
+        for update_type in types:
+            snapshot = index_rows(update_type, self._fetch(hook, update_type))
+            stored = read_stored(engine, account, update_type)
+            snapshots[update_type] = snapshot
+            compared += len(set(snapshot) | set(stored))
+            found.extend(compare(update_type, stored, snapshot, today=today))
+        return found, compared, snapshots, started_us
+
+    def _repair(
+        self,
+        store: Any,
+        engine: sa.Engine,
+        account: str,
+        discrepancies: list[Discrepancy],
+        snapshots: dict[str, dict[str, dict[str, Any]]],
+        started_us: int,
+    ) -> set[tuple[str, str]]:
+        """Apply the snapshot rows of the differing keys; return the keys that now agree."""
+        updates = [
+            Update(
+                update_type=d.update_type,
+                data=snapshots[d.update_type][d.key],
+                source=SNAPSHOT,
+                seq=next_seq(),
+                received_at_us=started_us,
+                account=account,
+            )
+            for d in {(d.update_type, d.key): d for d in discrepancies}.values()
+            if d.key in snapshots.get(d.update_type, {})
+        ]
+        if updates:
+            store.apply(updates, account=account)
+        repaired: set[tuple[str, str]] = set()
+        for update_type in {u.update_type for u in updates}:
+            stored = read_stored(engine, account, update_type)
+            still = {d.key for d in compare(update_type, stored, snapshots[update_type])}
+            repaired |= {(update_type, u.key or "") for u in updates if u.update_type == update_type} - {
+                (update_type, k) for k in still
+            }
+        return repaired
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def _count_by(discrepancies: list[Discrepancy]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for d in discrepancies:
+        name = f"{d.update_type}:{d.kind}"
+        counts[name] = counts.get(name, 0) + 1
+    return counts

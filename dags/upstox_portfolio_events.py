@@ -1,0 +1,47 @@
+"""Event-driven ingestion of Upstox portfolios: an ``AssetWatcher`` per Upstox connection.
+
+The triggerer runs one :class:`UpstoxPortfolioStreamTrigger` per connection for as long as this DAG
+exists; each batch becomes an event of the asset ``upstox_events__<conn_id>`` and this DAG, scheduled
+on any of them, persists every event after the watermark kept in the store (not only the events
+that triggered the run: see :mod:`airflow_provider_upstox.operators.events`). ``max_active_runs=1``
+keeps one writer per watermark; an extra run is harmless anyway, the store is idempotent.
+
+Connections and store: as in ``upstox_portfolio_stream`` (``UPSTOX_CONN_IDS``, ``UPSTOX_SQL_CONN_ID``).
+Run either this DAG or the stream DAG for an account, not both: both would work, twice the load.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, AssetAny
+
+from airflow_provider_upstox.assets import (
+    configured_conn_ids,
+    configured_float,
+    configured_sql_conn_id,
+    watched_asset,
+)
+from airflow_provider_upstox.operators.events import UpstoxPersistAssetEventsOperator
+
+WATCHED = [
+    watched_asset(conn_id, max_batch_wait=configured_float("UPSTOX_MAX_BATCH_WAIT", 1.0))
+    for conn_id in configured_conn_ids()
+]
+
+with DAG(
+    dag_id="upstox_portfolio_events",
+    description="Persist Upstox portfolio updates delivered as asset events by an AssetWatcher",
+    schedule=AssetAny(*WATCHED),
+    start_date=datetime(2025, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["upstox"],
+    default_args={"retries": 3, "retry_delay": timedelta(seconds=10)},
+    doc_md=__doc__,
+):
+    UpstoxPersistAssetEventsOperator(
+        task_id="persist_events",
+        assets=WATCHED,
+        sql_conn_id=configured_sql_conn_id(),
+    )

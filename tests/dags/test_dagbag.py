@@ -1,0 +1,56 @@
+"""The example DAGs import cleanly, as the dag-processor would load them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
+EXPECTED = {"upstox_portfolio_stream", "upstox_portfolio_events", "upstox_reconcile"}
+
+
+@pytest.fixture
+def dagbag(monkeypatch: pytest.MonkeyPatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("UPSTOX_CONN_IDS", "upstox_default, upstox_second")
+    return DagBag(dag_folder=str(DAGS_DIR))
+
+
+def test_no_import_errors(dagbag) -> None:
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dag_ids) >= EXPECTED
+
+
+def test_one_task_and_one_watcher_per_account(dagbag) -> None:
+    stream = dagbag.dags["upstox_portfolio_stream"]
+    assert sorted(stream.task_ids) == ["stream__upstox_default", "stream__upstox_second"]
+    assert stream.max_active_runs == 1
+    assert set(stream.params) >= {"stop_after_idle_seconds", "max_batches", "stop_at"}
+
+    events = dagbag.dags["upstox_portfolio_events"]
+    assert events.max_active_runs == 1
+    (task,) = events.tasks
+    watchers = [w for asset in task.inlets for w in asset.watchers]
+    assert sorted(w.name for w in watchers) == [
+        "upstox_watcher__upstox_default",
+        "upstox_watcher__upstox_second",
+    ]
+    for watcher in watchers:
+        classpath, kwargs = watcher.trigger.serialize()
+        assert classpath.endswith("UpstoxPortfolioStreamTrigger")
+        assert kwargs["upstox_conn_id"] in ("upstox_default", "upstox_second")
+        assert not any("token" in str(k).lower() or "password" in str(k).lower() for k in kwargs)
+
+    reconcile = dagbag.dags["upstox_reconcile"]
+    assert sorted(reconcile.task_ids) == ["reconcile__upstox_default", "reconcile__upstox_second"]
+
+
+def test_dags_serialize(dagbag) -> None:
+    """What the dag-processor stores must round-trip (templated params, asset aliases, watchers)."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    for dag_id in EXPECTED:
+        data = DagSerialization.to_dict(dagbag.dags[dag_id])
+        assert DagSerialization.from_dict(data).dag_id == dag_id
