@@ -36,6 +36,14 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     echo "$WANT" > "$STAMP"
 fi
 
+# The UI test drives Debian's Chromium (a test tool's own browser download cannot work offline).
+# Under CI it must run, so install it there; locally the test skips when Chromium is absent.
+if [ "${CI:-}" = "true" ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing Debian's chromium for the UI test"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
 if [ "${SKIP_SERVICES:-0}" != "1" ]; then
     if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then
         echo "bootstrap: starting PostgreSQL"
