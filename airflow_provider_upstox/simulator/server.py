@@ -218,6 +218,8 @@ class UpstoxSimulator:
                 debt, last = 0.0, loop.time()
                 continue
             await asyncio.sleep(min(1.0 / self.rate, 0.05))
+            if not self.running or self.rate <= 0:
+                continue  # stopped (quiesce) while asleep: not one more step after "market stopped"
             now = loop.time()
             debt += (now - last) * self.rate
             last = now

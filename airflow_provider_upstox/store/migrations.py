@@ -44,9 +44,26 @@ def _step_1_initial(conn: Connection) -> None:
     schema.metadata.create_all(conn, checkfirst=True)
 
 
+def _step_2_position_version(conn: Connection) -> None:
+    """Widen ``upstox_positions.version`` to 24 bytes (trading day and day traded quantity first).
+
+    Only MySQL/MariaDB declare a length (``VARBINARY``); PostgreSQL ``bytea`` and SQLite ``BLOB``
+    need nothing. Rows written before keep their 16-byte (received_at_us, seq) version, which
+    compares below every 24-byte one (its first two bytes, 0x0003 to 0x000E for 2000 to 2100,
+    read as a trading day in January 1970), so
+    the next state of such a position replaces it, as "last received wins" did. Re-runnable.
+    """
+    if conn.dialect.name in ("mysql", "mariadb"):
+        conn.exec_driver_sql(
+            f"ALTER TABLE {schema.positions.name} MODIFY version VARBINARY({schema.POSITION_VERSION_LEN}) "
+            "NOT NULL COMMENT 'ordering key (bytes)'"
+        )
+
+
 #: (version, description, step). Append only; never edit a released step.
 MIGRATIONS: Final[list[tuple[int, str, Callable[[Connection], None]]]] = [
     (1, "initial schema", _step_1_initial),
+    (2, "24-byte position version (trading day, day traded quantity)", _step_2_position_version),
 ]
 assert MIGRATIONS[-1][0] == schema.SCHEMA_VERSION
 

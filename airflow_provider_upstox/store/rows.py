@@ -22,14 +22,35 @@ Order version, most significant first:
    later) wins over an older live state however late that live state arrived.
 7. ``seq``: arrival sequence, the final tie-break.
 
-Positions, holdings and GTT orders carry no timestamp; they are full states, so the version is just
-``(received_at_us, seq)``: the newest received wins, and a snapshot row (received_at = request
-start) loses to any live message received after the snapshot began.
+Positions, holdings and GTT orders are full states with no timestamp. Each version ends with
+``(received_at_us, seq)``, so that among states of equal *progress* the newest received wins and a
+snapshot row (received_at = request start) loses to a live message received after the snapshot
+began; what counts as progress comes first:
+
+- GTT order: ``(finished rules, received_at_us, seq)``. A rule only moves from ``PENDING`` to a
+  terminal status (``COMPLETED``, ``FAILED``, ``CANCELLED``) and never back, so a state with more
+  finished rules is newer, however late it arrives: a stale ``PENDING`` state received after the
+  ``CANCELLED`` one (in-stream reordering) is ignored.
+- Position: ``(India trading date of received_at, day_buy_quantity + day_sell_quantity,
+  received_at_us, seq)``. Within one trading day the day's traded quantity only grows (each fill
+  adds to it); the day legs restart at the next trading day, which the date ranks first.
+- Holding: ``(received_at_us, seq)``: last received wins. No field of a holding only grows (sells
+  lower ``quantity``, settlement moves ``t1_quantity``), so a holding state reordered *within* the
+  stream can still win over a newer one until the next message or snapshot of that holding.
+
+Validation (:func:`prepare`, with :mod:`.validation`) rejects, per update, everything a database
+would refuse, so one bad update never fails its batch: a NUL character (U+0000: PostgreSQL
+``text``/``jsonb`` cannot hold it; rejected on every backend so the same update is stored or
+rejected everywhere), text that is not valid Unicode, values outside a column's range (``seq`` must
+fit a signed BIGINT, epochs and timestamps must lie between 2000 and 2100, money within
+``Numeric(20, 6)``), and strings longer than their column (``Text`` columns:
+:data:`~.validation.TEXT_LIMIT` characters, what MySQL's 64 KiB ``TEXT`` holds).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import operator
 import struct
 from collections.abc import Callable
@@ -58,7 +79,12 @@ from airflow_provider_upstox.models.updates import (
     parse_india_time,
     typed_view,
 )
-from airflow_provider_upstox.store import schema
+from airflow_provider_upstox.store import schema, validation
+from airflow_provider_upstox.store.validation import TEXT_LIMIT, account_problem
+
+__all__ = ["TEXT_LIMIT", "account_problem"]  # re-exported: validation lives in .validation
+
+log = logging.getLogger(__name__)
 
 #: Lifecycle rank of order statuses (tie-break 5 above). Within one (timestamp, fill, request id)
 #: group a realistic history only moves up this list: initial placement states, then modify/cancel
@@ -83,14 +109,26 @@ STATUS_RANK: Final[dict[str, int]] = {
     "complete": 23,
 }
 
+#: GTT rule statuses a rule never leaves (PROTOCOL.md section 2: PENDING is the only other one).
+TERMINAL_GTT_RULE_STATUSES: Final[frozenset[str]] = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+
 _ORDER_VERSION = struct.Struct(">BQQQHQQ")  # terminal, event_ts_us, filled, request id, rank, recv, seq
-_STATE_VERSION = struct.Struct(">QQ")  # received_at_us, seq
+# Holding: (received_at_us, seq). GTT: the same 16 bytes with the finished-rule count in the top
+# byte of the first word (received_at_us < 2**56), so a row written before GTT progress was ranked
+# reads as "0 finished rules" and no migration is needed.
+_STATE_VERSION = struct.Struct(">QQ")
+# Position: (trading day << 48 | day traded quantity, received_at_us, seq).
+_POSITION_VERSION = struct.Struct(">QQQ")
 assert _ORDER_VERSION.size == schema.ORDER_VERSION_LEN
 assert _STATE_VERSION.size == schema.STATE_VERSION_LEN
+assert _POSITION_VERSION.size == schema.POSITION_VERSION_LEN
 
 _MIN_EPOCH_US: Final = 946_684_800_000_000  # 2000-01-01
 _MAX_EPOCH_US: Final = 4_102_444_800_000_000  # 2100-01-01
 _MAX_U64: Final = 2**64 - 1
+_MAX_U48: Final = 2**48 - 1
+_INDIA_OFFSET_US: Final = 19_800_000_000  # +05:30
+_DAY_US: Final = 86_400_000_000
 _MONEY_QUANTUM: Final = Decimal("0.000001")
 
 
@@ -148,7 +186,7 @@ def resolve_account(update: Update, account: str | None) -> str | None:
         return update.account
     if account:
         return account
-    if update.update_type == ORDER:
+    if update.update_type == ORDER and isinstance(update.data, dict):
         user_id = update.data.get("user_id")
         if isinstance(user_id, str) and user_id.strip():
             return user_id
@@ -161,20 +199,29 @@ def prepare(update: Update, account: str, now: datetime, write_id: int) -> Prepa
     This runs once per update on the hot path of ``apply()``, so per-type work (which fields are
     columns, which are money, which have a length limit) is planned once per type (:func:`_plan`).
 
-    :raises InvalidUpdateError: the update cannot be stored (names the field and the update).
+    :raises InvalidUpdateError: the update cannot be stored (names the field and the update). Any
+        other error while reading the update is raised as one too: a batch must never fail
+        because of one update's content.
     """
+    try:
+        return _prepare(update, account, now, write_id)
+    except InvalidUpdateError:
+        raise
+    except Exception as exc:  # pure code, no I/O: whatever breaks here is about this update's data
+        log.warning("Unexpected error preparing %s %r", update.update_type, update.key, exc_info=True)
+        raise _invalid(update, f"cannot be stored ({type(exc).__name__}: {exc})") from None
+
+
+def _prepare(update: Update, account: str, now: datetime, write_id: int) -> PreparedRow:
+    validation.check_envelope(update, account)
+    validation.check_text(update)
     view = typed_view(update)
-    seq, received_us = update.seq, update.received_at_us
-    if not isinstance(seq, int) or not isinstance(received_us, int):
-        raise _invalid(update, "seq and received_at_us must be integers")
-    if not 0 <= seq <= _MAX_U64 or not _MIN_EPOCH_US <= received_us <= _MAX_EPOCH_US:
-        raise _invalid(update, f"seq={seq!r} or received_at_us={received_us!r} out of range")
     received_at = update.received_at
     base: dict[str, Any] = {
         "account": account,
         "raw": update.data,
         "source": update.source,
-        "seq": seq,
+        "seq": update.seq,
         "connection_epoch": update.connection_epoch,
         "received_at": received_at,
         "revision": 1,
@@ -187,7 +234,7 @@ def prepare(update: Update, account: str, now: datetime, write_id: int) -> Prepa
     if isinstance(view, Order):
         prepared = _order_row(update, view, row)
     elif isinstance(view, Position):
-        prepared = _state_row(update, row, (account, view.instrument_token, view.product))
+        prepared = _position_row(update, view, row, (account, view.instrument_token, view.product))
     elif isinstance(view, Holding):
         prepared = _state_row(update, row, (account, view.isin))
     else:
@@ -213,9 +260,9 @@ def _plan(view_type: type, table: sa.Table) -> _Plan:
     columns = tuple(f for f in fields if f in table.c)
     money_cols = tuple(f for f in columns if isinstance(table.c[f].type, sa.Numeric))
     limits = tuple(
-        (c.name, c.type.length)  # type: ignore[attr-defined]
+        (c.name, TEXT_LIMIT if isinstance(c.type, sa.Text) else c.type.length)  # type: ignore[attr-defined]
         for c in table.c
-        if getattr(c.type, "length", None)
+        if getattr(c.type, "length", None) or isinstance(c.type, sa.Text)
     )
     by_length: dict[int, list[str]] = {}
     for name, length in limits:
@@ -245,12 +292,17 @@ def _order_row(update: Update, view: Order, row: dict[str, Any]) -> PreparedRow:
     try:
         exchange_ts, exchange_us = _india_time(view.exchange_timestamp)
         order_ts, order_us = _india_time(view.order_timestamp)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # OverflowError: year 1 India time is year 0 in UTC
         raise _invalid(update, f"bad timestamp: {exc}") from None
+    for name, us in (("exchange_timestamp", exchange_us), ("order_timestamp", order_us)):
+        if us and not _MIN_EPOCH_US <= us <= _MAX_EPOCH_US:
+            raise _invalid(
+                update, f"bad timestamp: {name}={getattr(view, name)!r} is not between 2000 and 2100"
+            )
     request_id = 0
     if view.order_request_id not in (None, ""):
         text = str(view.order_request_id).strip()
-        if not text.isdigit() or len(text) > 18:
+        if not (text.isascii() and text.isdigit()) or len(text) > 18:
             raise _invalid(update, f"order_request_id={view.order_request_id!r} is not a number")
         request_id = int(text)
     event_ts: datetime | None
@@ -299,10 +351,27 @@ def _order_row(update: Update, view: Order, row: dict[str, Any]) -> PreparedRow:
     return PreparedRow(ORDER, (row["account"], view.order_id), version, row, event)
 
 
-def _state_row(update: Update, row: dict[str, Any], key: tuple[str, ...]) -> PreparedRow:
-    version = _STATE_VERSION.pack(_clamp(update.received_at_us), _clamp(update.seq))
+def _state_row(update: Update, row: dict[str, Any], key: tuple[str, ...], progress: int = 0) -> PreparedRow:
+    """Holding (and GTT, with *progress* = finished rules): ``(progress, received_at_us, seq)``."""
+    version = _STATE_VERSION.pack(min(progress, 255) << 56 | update.received_at_us, update.seq)
     row["version"] = version
     return PreparedRow(update.update_type, key, version, row)
+
+
+def _position_row(update: Update, view: Position, row: dict[str, Any], key: tuple[str, ...]) -> PreparedRow:
+    """``(India trading date, day traded quantity, received_at_us, seq)`` (see the module docstring)."""
+    day = (update.received_at_us + _INDIA_OFFSET_US) // _DAY_US
+    traded = min((view.day_buy_quantity or 0) + (view.day_sell_quantity or 0), _MAX_U48)
+    version = _POSITION_VERSION.pack(day << 48 | traded, update.received_at_us, update.seq)
+    row["version"] = version
+    return PreparedRow(POSITION, key, version, row)
+
+
+def finished_rules(view: GttOrder) -> int:
+    """How many rules of a GTT order are in a terminal status (its progress: only ever grows)."""
+    return sum(
+        1 for rule in view.rules if rule.status and rule.status.strip().upper() in TERMINAL_GTT_RULE_STATUSES
+    )
 
 
 def _gtt_row(update: Update, view: GttOrder, row: dict[str, Any]) -> PreparedRow:
@@ -315,7 +384,7 @@ def _gtt_row(update: Update, view: GttOrder, row: dict[str, Any]) -> PreparedRow
         expires_at=epoch_us_to_utc(view.expires_at),
         rules=update.data.get("rules") or [],
     )
-    return _state_row(update, row, (row["account"], view.gtt_order_id))
+    return _state_row(update, row, (row["account"], view.gtt_order_id), finished_rules(view))
 
 
 def _check_lengths(update: Update, row: dict[str, Any], plan: _Plan) -> None:
@@ -331,8 +400,7 @@ def _check_lengths(update: Update, row: dict[str, Any], plan: _Plan) -> None:
             raise _invalid(update, f"{name} is longer than {length} characters")
 
 
-def _invalid(update: Update, message: str) -> InvalidUpdateError:
-    return InvalidUpdateError(message, update_type=update.update_type, key=update.key)
+_invalid = validation.invalid
 
 
 #: Update types that have a state table.

@@ -8,7 +8,8 @@ several accounts can share one store. Each state row carries the bookkeeping the
     ordering rule of PROTOCOL.md section 5. The upsert's condition is only
     ``new.version > stored.version``, which PostgreSQL (``bytea``), SQLite (``BLOB``) and
     MySQL/MariaDB (``VARBINARY``) all compare as raw bytes, so the rule holds inside the database,
-    under concurrent writers, with no collation surprises.
+    under concurrent writers, with no collation surprises. Orders: 43 bytes; positions: 24
+    (schema version 2: trading day and day traded quantity first); holdings and GTT orders: 16.
 ``revision``
     How many states were accepted for the row (1 = inserted); it lets ``apply()`` count inserts
     versus updates from ``RETURNING`` (or a keyed read-back on MySQL).
@@ -30,7 +31,7 @@ from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Dialect
 
 #: Bump together with a new entry in ``migrations.MIGRATIONS``.
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 
 class UTCDateTime(sa.TypeDecorator[dt.datetime]):
@@ -99,7 +100,8 @@ def _bookkeeping(version_len: int) -> list[sa.Column[Any]]:
 
 
 ORDER_VERSION_LEN: Final = 43
-STATE_VERSION_LEN: Final = 16
+STATE_VERSION_LEN: Final = 16  # holdings and GTT orders
+POSITION_VERSION_LEN: Final = 24  # schema version 2 (was 16)
 
 orders = sa.Table(
     "upstox_orders",
@@ -198,7 +200,7 @@ positions = sa.Table(
     sa.Column("day_sell_quantity", Qty),
     sa.Column("day_sell_price", Money),
     sa.Column("day_sell_value", Money),
-    *_bookkeeping(STATE_VERSION_LEN),
+    *_bookkeeping(POSITION_VERSION_LEN),
     comment="Latest full state of every position (account + instrument_token + product)",
 )
 

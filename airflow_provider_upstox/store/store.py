@@ -6,6 +6,11 @@ order states, order events, positions, holdings, GTT orders, rejected updates an
 row, always in that table order and with rows sorted by key so that concurrent writers lock rows in
 the same order. A deadlock or lock timeout rolls the whole batch back and it is retried: every write
 is idempotent, so a retry is harmless.
+
+One bad update never costs its batch: validation rejects whatever a database would refuse (see
+:mod:`.rows`) and records it in ``upstox_rejected_updates``; if the database still refuses a value
+(``DataError``), the batch is bisected to apply everything but the update(s) it refuses, which are
+recorded as rejected too. Other database errors fail the whole batch, with nothing half-written.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from sqlalchemy.exc import DBAPIError
 
 from airflow_provider_upstox.exceptions import InvalidUpdateError
 from airflow_provider_upstox.models.updates import ORDER, Update
-from airflow_provider_upstox.store import bulk, migrations, rows, schema, upsert
+from airflow_provider_upstox.store import bulk, migrations, rows, schema, upsert, validation
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +42,7 @@ _PG_RETRYABLE = frozenset({"40001", "40P01", "55P03"})  # serialization failure,
 _MYSQL_RETRYABLE = frozenset({1205, 1213})  # lock wait timeout, deadlock
 _SQLITE_RETRYABLE = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
 DEFAULT_STREAM_KEY = "default"
+_MAX_STREAM_KEY = 191  # upstox_stream_progress.stream_key
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,15 @@ class ApplyResult:
     @property
     def total(self) -> int:
         return self.inserted + self.updated + self.ignored + self.rejected
+
+    def __add__(self, other: ApplyResult) -> ApplyResult:
+        return ApplyResult(
+            self.inserted + other.inserted,
+            self.updated + other.updated,
+            self.ignored + other.ignored,
+            self.rejected + other.rejected,
+            self.events + other.events,
+        )
 
 
 def json_dumps(value: Any) -> str:
@@ -119,19 +134,25 @@ class PortfolioStore:
             nothing is written.
         """
         batch = list(updates)
+        if account is not None and (problem := validation.account_problem(account)) is not None:
+            raise ValueError(f"apply(account={account!r}): {problem}")
+        stream_key = stream_key or DEFAULT_STREAM_KEY
+        if len(stream_key) > _MAX_STREAM_KEY or "\x00" in stream_key:
+            raise ValueError(
+                f"stream_key {stream_key!r} is longer than {_MAX_STREAM_KEY} characters or contains NUL"
+            )
         self._ensure_migrated()
         now = datetime.now(timezone.utc)
         write_id = random.getrandbits(62) + 1
-        winners: dict[str, dict[tuple[str, ...], rows.PreparedRow]] = {t: {} for t in schema.STATE_TABLES}
-        events: dict[tuple[str, str, str], rows.PreparedRow] = {}
+        accepted: list[tuple[Update, rows.PreparedRow]] = []
         rejects: list[dict[str, Any]] = []
         progress: dict[str, dict[str, Any]] = {}
-        duplicates = 0
         for update in batch:
             account_id = rows.resolve_account(update, account)
             if account_id is None and update.update_type in rows.STORED_TYPES and update.update_type != ORDER:
+                key = update.key if isinstance(update.data, dict) else None
                 raise ValueError(
-                    f"{update.update_type} update {update.key!r} has no account: pass apply(account=...) "
+                    f"{update.update_type} update {key!r} has no account: pass apply(account=...) "
                     "(the Upstox user id of the connection); Upstox does not send it in these messages"
                 )
             try:
@@ -145,29 +166,71 @@ class PortfolioStore:
                     )
                 prepared = rows.prepare(update, account_id, now, write_id)
             except InvalidUpdateError as exc:
-                rejects.append(_reject_row(update, account_id, str(exc), now))
+                rejects.append(validation.reject_row(update, account_id, str(exc), now))
                 continue
-            if account_id is not None:
-                _track(progress, account_id, update, stream_key or DEFAULT_STREAM_KEY, now)
-            table_winners = winners[prepared.update_type]
-            current = table_winners.get(prepared.key)
-            if current is None or prepared.version > current.version:
-                table_winners[prepared.key] = prepared
-            duplicates += current is not None
-            if prepared.event is not None:
-                ev = prepared.event
-                events.setdefault((ev["account"], ev["order_id"], ev["state_id"]), prepared)
+            _track(progress, prepared.row["account"], update, stream_key, now)
+            accepted.append((update, prepared))
         for reject in rejects:
             log.warning("Rejected %s", reject["error"])
-        return self._write(winners, events, rejects, progress, duplicates, write_id)
+        try:
+            return self._write(*_collect(accepted), rejects, progress, write_id)
+        except sa.exc.DataError as exc:
+            log.warning(
+                "The database refused a value of a batch of %d updates (%s); isolating the update(s) "
+                "it refuses, the rest is applied",
+                len(accepted),
+                type(exc.orig).__name__,
+            )
+        return self._write_isolating(accepted, rejects, progress, write_id, now)
+
+    def _write_isolating(
+        self,
+        accepted: list[tuple[Update, rows.PreparedRow]],
+        rejects: list[dict[str, Any]],
+        progress: dict[str, dict[str, Any]],
+        write_id: int,
+        now: datetime,
+    ) -> ApplyResult:
+        """The batch minus what the database refuses (``DataError``), found by bisection.
+
+        Validation (:func:`.rows.prepare`) should reject every such value first; this is the net
+        under it, so that one update the database refuses (a limit nobody foresaw) is rejected and
+        recorded instead of failing, and losing, its whole batch. Each half is its own transaction;
+        that is safe because every write is idempotent and ordered by the rule in SQL. The rejects
+        and the progress row are written last, together.
+        """
+        refused: list[tuple[Update, rows.PreparedRow, str]] = []
+
+        def attempt(items: list[tuple[Update, rows.PreparedRow]]) -> ApplyResult:
+            if not items:
+                return ApplyResult()
+            try:
+                return self._write(*_collect(items), [], {}, write_id)
+            except sa.exc.DataError as exc:
+                if len(items) == 1:
+                    refused.append((items[0][0], items[0][1], str(exc.orig).splitlines()[0][:500]))
+                    return ApplyResult()
+            mid = len(items) // 2
+            return attempt(items[:mid]) + attempt(items[mid:])
+
+        total = attempt(accepted)
+        for update, prepared, reason in refused:
+            error = InvalidUpdateError(
+                f"the database refused a value: {reason}", update_type=update.update_type, key=update.key
+            )
+            log.warning("Rejected %s", error)
+            rejects.append(validation.reject_row(update, prepared.row["account"], str(error), now))
+        empty: dict[str, dict[tuple[str, ...], rows.PreparedRow]] = {t: {} for t in schema.STATE_TABLES}
+        tail = self._write(empty, {}, 0, rejects, progress, write_id)
+        return total + tail
 
     def _write(
         self,
         winners: dict[str, dict[tuple[str, ...], rows.PreparedRow]],
         events: dict[tuple[str, str, str], rows.PreparedRow],
+        duplicates: int,
         rejects: list[dict[str, Any]],
         progress: dict[str, dict[str, Any]],
-        duplicates: int,
         write_id: int,
     ) -> ApplyResult:
         for attempt in range(1, _RETRY_ATTEMPTS + 1):
@@ -193,11 +256,12 @@ class PortfolioStore:
                         )
                     if rejects:
                         conn.execute(schema.rejected_updates.insert(), rejects)
-                    upsert.upsert_progress(
-                        conn,
-                        schema.stream_progress,
-                        [_without(progress[k], "last_received_us") for k in sorted(progress)],
-                    )
+                    if progress:
+                        upsert.upsert_progress(
+                            conn,
+                            schema.stream_progress,
+                            [_without(progress[k], "last_received_us") for k in sorted(progress)],
+                        )
                 return ApplyResult(inserted, updated, ignored + duplicates, len(rejects), new_events)
             except DBAPIError as exc:
                 if attempt == _RETRY_ATTEMPTS or not _retryable(exc):
@@ -358,6 +422,29 @@ class _Tx:
             self.conn.close()
 
 
+def _collect(
+    accepted: list[tuple[Update, rows.PreparedRow]],
+) -> tuple[
+    dict[str, dict[tuple[str, ...], rows.PreparedRow]], dict[tuple[str, str, str], rows.PreparedRow], int
+]:
+    """In-batch de-duplication: the winning state per key (by the version bytes the database
+    compares), the first update of each distinct order state (its event), and how many updates
+    lost to another of the batch."""
+    winners: dict[str, dict[tuple[str, ...], rows.PreparedRow]] = {t: {} for t in schema.STATE_TABLES}
+    events: dict[tuple[str, str, str], rows.PreparedRow] = {}
+    duplicates = 0
+    for _update, prepared in accepted:
+        table_winners = winners[prepared.update_type]
+        current = table_winners.get(prepared.key)
+        if current is None or prepared.version > current.version:
+            table_winners[prepared.key] = prepared
+        duplicates += current is not None
+        if prepared.event is not None:
+            ev = prepared.event
+            events.setdefault((ev["account"], ev["order_id"], ev["state_id"]), prepared)
+    return winners, events, duplicates
+
+
 def _track(
     progress: dict[str, dict[str, Any]], account: str, update: Update, key: str, now: datetime
 ) -> None:
@@ -383,24 +470,6 @@ def _track(
 
 def _without(row: dict[str, Any], key: str) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k != key}
-
-
-def _reject_row(update: Update, account: str | None, error: str, now: datetime) -> dict[str, Any]:
-    received = None
-    if isinstance(update.received_at_us, int) and 0 < update.received_at_us < 4_102_444_800_000_000:
-        received = update.received_at
-    key = update.key
-    return {
-        "account": account[:64] if account else None,
-        "update_type": str(update.update_type)[:64],
-        "natural_key": key[:255] if key else None,
-        "error": error,
-        "data": update.data if isinstance(update.data, dict) else {"value": repr(update.data)},
-        "source": str(update.source)[:16],
-        "seq": update.seq if isinstance(update.seq, int) and 0 <= update.seq < 2**63 else None,
-        "received_at": received,
-        "rejected_at": now,
-    }
 
 
 def _retryable(exc: DBAPIError) -> bool:

@@ -157,11 +157,6 @@ def test_mutated_updates_are_rejected_and_recorded_never_raised(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=sa.exc.DataError,
-    reason="bug reported in bugs-from-reliability.txt: PostgreSQL cannot store U+0000, apply() raises",
-)
 def test_nul_character_is_rejected_not_raised(postgres_url: str) -> None:
     store = PortfolioStore.from_url(postgres_url)
     try:

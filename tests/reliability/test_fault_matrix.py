@@ -23,10 +23,6 @@ KNOWN_BROKEN = {
         "bug 2: the retry takes over the parked stream, so the batch of the killed try is never re-read",
         True,
     ),
-    "stale after newer (reorder window 8)": (
-        "bug 3: a stale GTT state received after a newer one overwrites it (timing-dependent)",
-        False,
-    ),
 }
 
 

@@ -130,12 +130,14 @@ def test_read_state_returns_every_table_keyed_like_update_key(store: PortfolioSt
 
 
 def test_driver_errors_surface_as_sqlalchemy_errors_and_nothing_is_written(store: PortfolioStore) -> None:
-    """A value the database refuses fails the whole batch with a ``DBAPIError``; nothing is half-written."""
-    if store.engine.dialect.name == "sqlite":
-        pytest.skip("sqlite3 raises OverflowError before the database sees the value")
+    """A database failure that is not about a value (here: a table gone) fails the whole batch with a
+    ``DBAPIError``; nothing is half-written (the progress row, written last, is what fails)."""
     good = upd("order", order_message("240221000000011", status="open"), recv=1)
-    too_big = upd("order", order_message("240221000000012", status="open"), recv=2, seq=2**63 + 5)
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE upstox_stream_progress RENAME TO upstox_stream_progress_gone")
     with pytest.raises(sa.exc.DBAPIError):
-        store.apply([good, too_big], account="ERR")
-    assert store.read_state("ERR")["order"] == {}
+        store.apply([good, upd("position", POSITION, recv=2)], account="ERR")
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE upstox_stream_progress_gone RENAME TO upstox_stream_progress")
+    assert store.read_state("ERR") == {"order": {}, "position": {}, "holding": {}, "gtt_order": {}}
     assert store.get_progress("ERR") is None
