@@ -11,8 +11,19 @@ From one run on loopback, against one simulator process (scenario ``flood``):
 * RSS of one open idle stream (``PortfolioStreamClient``) against a bare ``websockets`` connection,
   each measured in its own subprocess (goal <= 2x).
 
-Throughput is timed from the first stream message received to the last one consumed.
-Options: ``--count N`` messages per run (default 60,000), ``--sdk-count N`` (default 20,000).
+Robust on a shared, loaded machine: runs are interleaved (bare, watch, bare, deferral, SDK, repeated
+``--reps`` times, then bare) and each ratio is the median of per-repetition ratios against the mean
+of the two bare runs around it;
+the simulator is reset (same seed) before every run, so each run reads exactly the same feed from a
+fresh account. ``--pin`` pins the simulator process and this one to different CPUs: it isolates
+them on an otherwise idle machine, but on a loaded one it only stops the scheduler from moving this
+process off a busy CPU, so it is off by default. Every contender counts the same thing: stream
+updates decoded (and for the trigger, batched into events) from the first one received until the
+N-th (``--count``); the flood carries a few batches more than N, so the N-th never waits in a
+half-full batch. Besides wall-clock rates, the reading thread's CPU time per update is printed (for
+the SDK, the process's): preemption by other processes does not inflate it, though cache and core
+sharing still add noise.
+Options: ``--count N`` (default 20,000), ``--sdk-count N`` (default 5,000), ``--reps R`` (default 5).
 """
 
 from __future__ import annotations
@@ -29,11 +40,17 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 TYPES = "order,position,holding,gtt_order"
+#: The bare loop connects exactly as PortfolioStreamClient does (its defaults), so both read the
+#: same frames through the same websockets settings; the simulator declines compression anyway.
+WS_OPTIONS: dict[str, Any] = {"max_size": 1 << 20, "max_queue": 256, "compression": None}
+#: Messages flooded beyond N: the batch holding the N-th update fills at once instead of waiting.
+EXTRA = 1000
 
 
 def _free_port() -> int:
@@ -43,10 +60,17 @@ def _free_port() -> int:
         return port
 
 
-class Simulator:
-    """The simulator in its own process, so that it does not share our GIL."""
+def _pin(cpu: int) -> Callable[[], None]:
+    def pin() -> None:
+        os.sched_setaffinity(0, {cpu})
 
-    def __init__(self) -> None:
+    return pin
+
+
+class Simulator:
+    """The simulator in its own process (pinned to another CPU), so that it does not share our GIL."""
+
+    def __init__(self, cpu: int | None) -> None:
         self.token = f"bench-{secrets.token_urlsafe(16)}"
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -55,6 +79,7 @@ class Simulator:
              "--scenario", "flood", "--log-level", "WARNING"],
             env={**os.environ, "UPSTOX_SIMULATOR_TOKEN": self.token},
             stdout=subprocess.DEVNULL,
+            preexec_fn=None if cpu is None else _pin(cpu),
         )  # fmt: skip
         self.http = httpx.Client(base_url=self.base_url, timeout=60, trust_env=False)
         for _ in range(400):
@@ -67,6 +92,15 @@ class Simulator:
 
     def flood(self, count: int) -> None:
         self.http.post("/_sim/flood", params={"count": json.dumps(count)}).raise_for_status()
+
+    def reset(self) -> None:
+        """Same seed, fresh account, no connection left: every run reads the same feed."""
+        self.http.post("/_sim/reset", params={"seed": "0", "scenario": '"flood"'}).raise_for_status()
+        for _ in range(200):
+            if self.http.get("/_sim/counters").json()["connected"] == 0:
+                return
+            time.sleep(0.02)
+        raise RuntimeError("a stream connection is still open after reset")
 
     def authorize(self) -> str:
         r = self.http.get(
@@ -84,14 +118,24 @@ class Simulator:
         self.proc.wait(10)
 
 
+class Run:
+    """Rate (updates/s, wall clock, first update to N-th) and CPU time of the reading thread per
+    update (from the flood request to the N-th update: idle waits are not counted)."""
+
+    def __init__(self, count: int, seconds: float, cpu_seconds: float) -> None:
+        self.rate = (count - 1) / seconds
+        self.cpu_us = cpu_seconds / count * 1e6
+
+
 # -- bare websockets loop ------------------------------------------------------------------------
 
 
-async def bare_loop(sim: Simulator, count: int) -> float:
+async def bare_loop(sim: Simulator, count: int) -> Run:
     from websockets.asyncio.client import connect
 
-    async with connect(await asyncio.to_thread(sim.authorize), max_size=1 << 20) as ws:
-        flood = asyncio.create_task(asyncio.to_thread(sim.flood, count))
+    async with connect(await asyncio.to_thread(sim.authorize), **WS_OPTIONS) as ws:
+        cpu = time.thread_time()
+        flood = asyncio.create_task(asyncio.to_thread(sim.flood, count + EXTRA))
         n, start = 0, 0.0
         async for message in ws:
             json.loads(message)
@@ -100,41 +144,41 @@ async def bare_loop(sim: Simulator, count: int) -> float:
                 start = time.perf_counter()
             if n == count:
                 break
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.thread_time() - cpu
         await flood
-    return (count - 1) / elapsed
+    return Run(count, elapsed, cpu)
 
 
 # -- the trigger ---------------------------------------------------------------------------------
 
 
-def _stream_updates(payload: dict[str, Any]) -> list[list[Any]]:
-    return [u for u in payload.get("updates", ()) if u[2] == "stream"]
+def _stream_updates(payload: dict[str, Any]) -> int:
+    return sum(1 for u in payload.get("updates", ()) if u[2] == "stream")
 
 
-async def trigger_watch(sim: Simulator, count: int) -> float:
+async def trigger_watch(sim: Simulator, count: int) -> Run:
     from airflow_provider_upstox.triggers.portfolio_stream import UpstoxPortfolioStreamTrigger
 
     trigger = UpstoxPortfolioStreamTrigger(mode="watch")
     agen = trigger.run()
-    await anext(agen)  # connect + snapshot (the account has orders by now): the first event
-    flood = asyncio.create_task(asyncio.to_thread(sim.flood, count))
+    await anext(agen)  # connect + snapshot of the fresh account: the first event, before the flood
+    cpu = time.thread_time()
+    flood = asyncio.create_task(asyncio.to_thread(sim.flood, count + EXTRA))
     n, start_us = 0, None
     while n < count:
         event = await anext(agen)
-        updates = _stream_updates(event.payload)
-        if updates and start_us is None:
-            start_us = updates[0][5]
-        n += len(updates)
-    end_us = time.time_ns() // 1000
+        if start_us is None:
+            start_us = event.payload["updates"][0][5]
+        n += _stream_updates(event.payload)
+    end_us, cpu = time.time_ns() // 1000, time.thread_time() - cpu
     await agen.aclose()
     await trigger.cleanup()
     await flood
     assert start_us is not None
-    return (n - 1) / ((end_us - start_us) / 1e6)
+    return Run(count, (end_us - start_us) / 1e6, cpu)
 
 
-async def trigger_deferral(sim: Simulator, count: int) -> tuple[float, int]:
+async def trigger_deferral(sim: Simulator, count: int) -> tuple[Run, int]:
     """A new trigger instance per event, as a re-deferring operator causes; the hand-off keeps the socket."""
     from airflow_provider_upstox.triggers.handoff import registry
     from airflow_provider_upstox.triggers.portfolio_stream import UpstoxPortfolioStreamTrigger
@@ -147,42 +191,44 @@ async def trigger_deferral(sim: Simulator, count: int) -> tuple[float, int]:
         return payload
 
     await one_event()  # connect + snapshot, then the stream lingers in the registry
-    flood = asyncio.create_task(asyncio.to_thread(sim.flood, count))
+    cpu = time.thread_time()
+    flood = asyncio.create_task(asyncio.to_thread(sim.flood, count + EXTRA))
     n, instances, start_us = 0, 0, None
     while n < count:
         payload = await one_event()
         instances += 1
-        updates = _stream_updates(payload)
-        if updates and start_us is None:
-            start_us = updates[0][5]
-        n += len(updates)
-    end_us = time.time_ns() // 1000
+        if start_us is None:
+            start_us = payload["updates"][0][5]
+        n += _stream_updates(payload)
+    end_us, cpu = time.time_ns() // 1000, time.thread_time() - cpu
     await flood
     await registry.aclose_all()
     assert start_us is not None
-    return (n - 1) / ((end_us - start_us) / 1e6), instances
+    return Run(count, (end_us - start_us) / 1e6, cpu), instances
 
 
-async def handoff_saving(rounds: int = 15) -> tuple[float, float]:
-    """Median seconds to an instance's event: fresh connect + snapshot vs taken-over stream."""
+async def handoff_fresh(rounds: int = 5) -> float:
+    """Median seconds to an instance's event with no stream to take over.
+
+    Each instance reads the profile, authorizes, connects and takes the snapshot.
+    """
     from airflow_provider_upstox.triggers.handoff import registry
     from airflow_provider_upstox.triggers.portfolio_stream import UpstoxPortfolioStreamTrigger
 
-    async def timed(linger: float) -> float:
-        UpstoxPortfolioStreamTrigger.handoff_linger = linger
-        trigger = UpstoxPortfolioStreamTrigger(mode="deferral", max_batch_wait=0.0, idle_timeout=5.0)
-        start = time.perf_counter()
-        async for _ in trigger.run():
-            pass
-        elapsed = time.perf_counter() - start
-        await trigger.cleanup()
-        return elapsed
-
-    fresh = [await timed(0.0) for _ in range(rounds)]  # every instance: profile, authorize, connect, snapshot
+    UpstoxPortfolioStreamTrigger.handoff_linger = 0.0
+    times = []
+    try:
+        for _ in range(rounds):
+            trigger = UpstoxPortfolioStreamTrigger(mode="deferral", max_batch_wait=0.0, idle_timeout=5.0)
+            start = time.perf_counter()
+            async for _ in trigger.run():
+                pass
+            times.append(time.perf_counter() - start)
+            await trigger.cleanup()
+    finally:
+        UpstoxPortfolioStreamTrigger.handoff_linger = 30.0
     await registry.aclose_all()
-    await asyncio.sleep(0.2)
-    UpstoxPortfolioStreamTrigger.handoff_linger = 30.0
-    return statistics.median(fresh), 0.0
+    return statistics.median(times)
 
 
 async def handoff_take_cost(sim: Simulator, rounds: int = 200) -> float:
@@ -209,7 +255,7 @@ async def handoff_take_cost(sim: Simulator, rounds: int = 200) -> float:
 # -- the official SDK ----------------------------------------------------------------------------
 
 
-def sdk_streamer(sim: Simulator, count: int) -> float:
+def sdk_streamer(sim: Simulator, count: int) -> Run:
     import upstox_client
     from upstox_client.feeder.portfolio_data_feeder import PortfolioDataFeeder
     from upstox_client.feeder.portfolio_data_streamer import PortfolioDataStreamer
@@ -226,7 +272,7 @@ def sdk_streamer(sim: Simulator, count: int) -> float:
         gtt_update=True,
     )
     opened, done = threading.Event(), threading.Event()
-    state = {"n": 0, "start": 0.0, "end": 0.0}
+    state = {"n": 0, "start": 0.0, "end": 0.0, "cpu": 0.0}
 
     def on_message(message: Any) -> None:
         state["n"] += 1
@@ -241,10 +287,13 @@ def sdk_streamer(sim: Simulator, count: int) -> float:
     streamer.connect()
     if not opened.wait(10):
         raise RuntimeError("the SDK streamer did not connect")
-    sim.flood(count)
-    done.wait(120)
+    cpu = time.process_time()  # the SDK reads in its own thread(s): the whole process
+    sim.flood(count + EXTRA)
+    if not done.wait(120):
+        raise RuntimeError("the SDK streamer did not receive the flood")
+    cpu = time.process_time() - cpu
     streamer.disconnect()
-    return (count - 1) / (state["end"] - state["start"])
+    return Run(count, state["end"] - state["start"], cpu)
 
 
 # -- memory --------------------------------------------------------------------------------------
@@ -295,48 +344,102 @@ def rss_kib(code: str, sim: Simulator) -> int:
 # -- main ----------------------------------------------------------------------------------------
 
 
-async def run_async(sim: Simulator, count: int) -> dict[str, Any]:
+def measure(sim: Simulator, count: int, sdk_count: int, reps: int) -> dict[str, list[Any]]:
+    """``reps`` x (bare, watch, bare, deferral, SDK) and a last bare run, the simulator reset before each.
+
+    Every trigger run sits between two bare runs: its ratio is to their mean (A/B/A/B).
+    """
     from airflow_provider_upstox.stream import no_delays
     from airflow_provider_upstox.triggers.portfolio_stream import UpstoxPortfolioStreamTrigger
 
     UpstoxPortfolioStreamTrigger.stream_options = {"reconnect_delays": no_delays, "min_reconnect_delay": 0.05}
-    results: dict[str, Any] = {}
-    results["bare"] = await bare_loop(sim, count)
-    results["watch"] = await trigger_watch(sim, count)
-    results["deferral"], results["instances"] = await trigger_deferral(sim, count)
-    results["fresh_s"], _ = await handoff_saving()
-    results["takeover_s"] = await handoff_take_cost(sim)
-    return results
+    runs: dict[str, list[Any]] = {k: [] for k in ("bare", "watch", "deferral", "instances", "sdk")}
+
+    def run(name: str) -> None:
+        sim.reset()
+        if name == "bare":
+            runs[name].append(asyncio.run(bare_loop(sim, count)))
+        elif name == "watch":
+            runs[name].append(asyncio.run(trigger_watch(sim, count)))
+        elif name == "deferral":
+            result, instances = asyncio.run(trigger_deferral(sim, count))
+            runs[name].append(result)
+            runs["instances"].append(instances)
+        else:
+            runs[name].append(sdk_streamer(sim, sdk_count))
+
+    for rep in range(reps):
+        for name in ("bare", "watch", "bare", "deferral", "sdk"):
+            run(name)
+        print(
+            f"  rep {rep + 1}/{reps}: bare {runs['bare'][-2].rate:,.0f} / {runs['bare'][-1].rate:,.0f}, "
+            f"watch {runs['watch'][-1].rate:,.0f}, deferral {runs['deferral'][-1].rate:,.0f}, "
+            f"SDK {runs['sdk'][-1].rate:,.0f} updates/s",
+            flush=True,
+        )
+    run("bare")
+    sim.reset()
+    return runs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=60_000)
-    parser.add_argument("--sdk-count", type=int, default=20_000)
+    parser.add_argument("--count", type=int, default=20_000)
+    parser.add_argument("--sdk-count", type=int, default=5_000)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--pin", action="store_true", help="pin the simulator and this process to two CPUs")
     args = parser.parse_args()
-    sim = Simulator()
+    cpus = sorted(os.sched_getaffinity(0))
+    pin = args.pin and len(cpus) >= 2
+    if pin:
+        os.sched_setaffinity(0, {cpus[0]})
+    sim = Simulator(cpus[1] if pin else None)
     os.environ["AIRFLOW_CONN_UPSTOX_DEFAULT"] = json.dumps(
         {"conn_type": "upstox", "password": sim.token, "host": sim.base_url}
     )
     try:
-        # Memory first, while the account is small: a snapshot's rows are data, not overhead.
         rss_bare, rss_ours = rss_kib(_BARE, sim), rss_kib(_OURS, sim)
-        r = asyncio.run(run_async(sim, args.count))
-        sdk = sdk_streamer(sim, args.sdk_count)
+        runs = measure(sim, args.count, args.sdk_count, args.reps)
+        fresh = asyncio.run(handoff_fresh())
+        sim.reset()
+        take = asyncio.run(handoff_take_cost(sim))
     finally:
         sim.close()
-    bare = r["bare"]
-    print(f"messages per run: {args.count:,} (SDK: {args.sdk_count:,})")
-    print(f"bare websockets recv + json.loads : {bare:12,.0f} updates/s")
-    print(f"official SDK PortfolioDataStreamer: {sdk:12,.0f} messages/s (undecoded strings)")
-    for mode in ("watch", "deferral"):
-        rate = r[mode]
+    med = statistics.median
+    bare_runs, sdk_runs = runs["bare"], runs["sdk"]
+
+    def ratios(mode: str, offset: int) -> tuple[float, float, float]:
+        """Median ratios of *mode*'s runs to the mean of their two neighbouring bare runs: rate, CPU
+        per update (bare / trigger: above 1 means cheaper than bare), and rate to the same rep's SDK."""
+        rate, cpu, sdk = [], [], []
+        for i, r in enumerate(runs[mode]):
+            a, b = bare_runs[2 * i + offset], bare_runs[2 * i + offset + 1]
+            rate.append(r.rate / ((a.rate + b.rate) / 2))
+            cpu.append((a.cpu_us + b.cpu_us) / 2 / r.cpu_us)
+            sdk.append(r.rate / sdk_runs[i].rate)
+        return med(rate), med(cpu), med(sdk)
+
+    bare, sdk = med(r.rate for r in bare_runs), med(r.rate for r in sdk_runs)
+    print(
+        f"messages per run: {args.count:,} (SDK: {args.sdk_count:,}), {args.reps} repetitions, "
+        f"{'pinned to CPUs ' + str(cpus[:2]) if pin else 'not pinned'}, load {os.getloadavg()[0]:.1f}"
+    )
+    bare_cpu = med(r.cpu_us for r in bare_runs)
+    print(f"bare websockets recv + json.loads : {bare:10,.0f} updates/s  {bare_cpu:5.1f} us CPU/update")
+    sdk_cpu = med(r.cpu_us for r in sdk_runs)
+    print(
+        f"official SDK PortfolioDataStreamer: {sdk:10,.0f} messages/s  {sdk_cpu:5.1f} us CPU/message "
+        f"(whole process; undecoded strings); the bare loop is {bare / sdk:.1f}x it on this machine"
+    )
+    for mode, offset in (("watch", 0), ("deferral", 1)):
+        rate, cpu = med(r.rate for r in runs[mode]), med(r.cpu_us for r in runs[mode])
+        to_bare, cpu_ratio, to_sdk = ratios(mode, offset)
         print(
-            f"trigger, {mode:8} mode           : {rate:12,.0f} updates/s  = {rate / bare:5.2f}x bare "
-            f"(goal >= 0.8)  = {rate / sdk:6.1f}x SDK (goal >= 10)"
+            f"trigger, {mode:8} mode           : {rate:10,.0f} updates/s  {cpu:5.1f} us CPU/update  "
+            f"= {to_bare:4.2f}x bare (goal >= 0.8; CPU {cpu_ratio:4.2f}x) = {to_sdk:5.1f}x SDK (goal >= 10)"
         )
-    print(f"  deferral mode used {r['instances']:,} trigger instances (one event each)")
-    fresh, take = r["fresh_s"], r["takeover_s"]
+    instances = med(runs["instances"])
+    print(f"  (medians of per-repetition ratios; deferral mode used {instances:,.0f} instances per run)")
     print(
         f"hand-off: instance -> event {take * 1000:.2f} ms taking over a stream vs {fresh * 1000:.1f} ms "
         f"with profile + authorize + connect + snapshot ({fresh / take:.0f}x); without it a 250-update "

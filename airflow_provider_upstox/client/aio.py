@@ -5,8 +5,10 @@ Mirror of :mod:`airflow_provider_upstox.client.sync`; only sending and sleeping 
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
@@ -18,6 +20,7 @@ from tenacity.wait import wait_base
 from airflow_provider_upstox.client import core
 from airflow_provider_upstox.client.config import UpstoxClientConfig
 from airflow_provider_upstox.client.retry import retry_options
+from airflow_provider_upstox.client.sync import cached_ssl_context, shared_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,18 @@ T = TypeVar("T")
 #: Called with each authorized URI; may be a coroutine function (Airflow's ``amask_secret``, which
 #: unlike ``mask_secret`` cannot deadlock the supervisor channel from inside an event loop).
 SecretCallback = Callable[[str], "Awaitable[None] | None"]
+
+
+async def ashared_ssl_context(verify: bool = True) -> ssl.SSLContext:
+    """The process-wide TLS context for *verify*, built in a worker thread the first time.
+
+    Await this once before creating :class:`AsyncUpstoxClient` from an event loop that must not
+    block (a triggerer's): the client itself then reuses the cached context and is cheap to create.
+    """
+    context = cached_ssl_context(verify)
+    if context is None:
+        context = await asyncio.to_thread(shared_ssl_context, verify)
+    return context
 
 
 class AsyncUpstoxClient:
@@ -49,8 +64,12 @@ class AsyncUpstoxClient:
         self.config = config
         self._on_secret = on_secret
         self._retry_wait = retry_wait
+        # The shared context: creating a client no longer loads the CA bundle (see shared_ssl_context).
         self._http = httpx.AsyncClient(
-            timeout=config.timeout, verify=config.verify, transport=transport, follow_redirects=False
+            timeout=config.timeout,
+            verify=shared_ssl_context(config.verify),
+            transport=transport,
+            follow_redirects=False,
         )
 
     def __repr__(self) -> str:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import ssl
+import threading
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
@@ -18,6 +21,38 @@ from airflow_provider_upstox.client.retry import retry_options
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+_ssl_contexts: dict[tuple[bool, str | None, str | None], ssl.SSLContext] = {}
+_ssl_lock = threading.Lock()
+
+
+def _ssl_key(verify: bool) -> tuple[bool, str | None, str | None]:
+    # httpx honours SSL_CERT_FILE / SSL_CERT_DIR when it builds a context: so does the cache key.
+    return bool(verify), os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+
+
+def cached_ssl_context(verify: bool) -> ssl.SSLContext | None:
+    """The shared context for *verify* if it was already built (never blocks)."""
+    return _ssl_contexts.get(_ssl_key(verify))
+
+
+def shared_ssl_context(verify: bool) -> ssl.SSLContext:
+    """One TLS context per ``verify`` setting, shared by every client of the process.
+
+    Building a verifying context loads the whole CA bundle (~0.1 s of CPU): paid once per process
+    instead of once per client, which matters in a triggerer whose event loop must never block. A
+    configured ``SSLContext`` is safe to share between clients and threads. The first call may block;
+    async code warms it up off the loop with :func:`~airflow_provider_upstox.client.aio.ashared_ssl_context`.
+    """
+    key = _ssl_key(verify)
+    context = _ssl_contexts.get(key)
+    if context is None:
+        with _ssl_lock:
+            context = _ssl_contexts.get(key)
+            if context is None:
+                context = httpx.create_ssl_context(verify=bool(verify))
+                _ssl_contexts[key] = context
+    return context
 
 
 class UpstoxClient:
@@ -45,7 +80,10 @@ class UpstoxClient:
         self._on_secret = on_secret
         self._retry_wait = retry_wait
         self._http = httpx.Client(
-            timeout=config.timeout, verify=config.verify, transport=transport, follow_redirects=False
+            timeout=config.timeout,
+            verify=shared_ssl_context(config.verify),
+            transport=transport,
+            follow_redirects=False,
         )
 
     def __repr__(self) -> str:

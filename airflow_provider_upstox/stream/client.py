@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sized
 from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any
@@ -28,7 +28,6 @@ from typing import Any
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
-from websockets.frames import Frame
 
 from airflow_provider_upstox.exceptions import (
     UpstoxAuthenticationError,
@@ -43,11 +42,12 @@ from airflow_provider_upstox.models.updates import (
     next_seq,
     normalize_update_types,
     now_us,
+    reserve_seqs,
     strip_deprecated,
 )
 from airflow_provider_upstox.stream.backoff import DelayFactory, exponential_backoff
 from airflow_provider_upstox.stream.buffer import BufferClosedError, UpdateBuffer
-from airflow_provider_upstox.stream.decode import FrameDecodeError, decode_frame
+from airflow_provider_upstox.stream.decode import FrameDecodeError, decode_frames, entry_size
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +72,32 @@ _ws_log = logging.getLogger(f"{__name__}.websockets")
 _ws_log.addFilter(_RedactingFilter())
 
 
+#: Most frames decoded in one go by the reader before it hands them to the buffer.
+_CHUNK = 512
+
+
 class _Connection(ClientConnection):
-    """Counts every frame received (data and server pings) for the idle watchdog."""
+    """Counts reads from the socket (data frames, server pings, anything) for the idle watchdog.
+
+    Counted per ``data_received`` call (one per TCP read, often hundreds of frames), not per frame:
+    the watchdog only needs to know that something arrived.
+    """
 
     activity = 0
 
-    def process_event(self, event: Any) -> None:
-        if type(event) is Frame:
-            self.activity += 1
-        super().process_event(event)
+    def data_received(self, data: bytes) -> None:
+        self.activity += 1
+        super().data_received(data)
+
+    def frame_queue(self) -> Sized | None:
+        """websockets' queue of frames already received (``None`` if this version hides it).
+
+        Lets the reader drain everything the socket delivered in one tight loop: ``recv`` returns
+        without suspending while a complete message is queued. A private websockets attribute,
+        read defensively: without it the reader takes one message per ``recv``.
+        """
+        frames = getattr(getattr(self, "recv_messages", None), "frames", None)
+        return frames if isinstance(frames, Sized) else None
 
 
 @dataclass
@@ -123,6 +140,8 @@ class PortfolioStreamClient:
     :param ping_interval: seconds between our WebSocket pings; ``ping_timeout`` is how long a pong may
         take before the connection is considered dead.
     :param max_frame_size: largest accepted frame in bytes; a bigger one closes the connection (1009).
+    :param max_queue: frames websockets queues before it stops reading the socket (its high-water
+        mark; see ``websockets.asyncio.client.connect``).
     :param queue_size: buffered updates before back-pressure reaches the socket.
     :param reconnect_delays: factory of delay iterators (reset after a healthy connection).
     :param min_reconnect_delay: floor of every reconnect delay, so an accept-then-drop server cannot
@@ -144,6 +163,7 @@ class PortfolioStreamClient:
         open_timeout: float = 10.0,
         close_timeout: float = 2.0,
         max_frame_size: int = 1 << 20,
+        max_queue: int = 256,
         queue_size: int = 10_000,
         reconnect_delays: DelayFactory | None = None,
         min_reconnect_delay: float = 0.5,
@@ -158,6 +178,7 @@ class PortfolioStreamClient:
         self.open_timeout = open_timeout
         self.close_timeout = close_timeout
         self.max_frame_size = max_frame_size
+        self.max_queue = max_queue
         self.min_reconnect_delay = min_reconnect_delay
         self.healthy_after = healthy_after
         self.snapshot_on_connect = snapshot_on_connect
@@ -169,7 +190,7 @@ class PortfolioStreamClient:
         self._buffer = UpdateBuffer(queue_size)
         self._task: asyncio.Task[None] | None = None
         self._ws: _Connection | None = None
-        self._held: list[Update] | None = None
+        self._held: tuple[list[Update], list[int]] | None = None
         self._held_flushed = asyncio.Event()
         self._closing = False
         self._decode_errors_logged = 0
@@ -226,15 +247,28 @@ class PortfolioStreamClient:
         :raises UpstoxAuthenticationError: the token was refused (after buffered updates are consumed).
         :raises UpstoxStreamClosedError: the client was closed.
         """
+        return (await self.next_sized_batch(max_items, max_wait, timeout))[0]
+
+    async def next_sized_batch(
+        self, max_items: int, max_wait: float, timeout: float | None = None, max_bytes: int | None = None
+    ) -> tuple[list[Update], int]:
+        """:meth:`next_batch`, also cut at *max_bytes* of estimated encoded size (at least one update).
+
+        The estimate of a stream update is its frame's length plus the fields :class:`Update` adds
+        (see :func:`~airflow_provider_upstox.stream.decode.entry_size`); of a snapshot row, its
+        encoded length. Nothing is encoded here.
+
+        :returns: the batch and the sum of its size estimates.
+        """
         self.start()
         try:
-            return await self._buffer.get_batch(max_items, max_wait, timeout)
+            return await self._buffer.get_sized_batch(max_items, max_wait, timeout, max_bytes)
         except BufferClosedError:
             raise UpstoxStreamClosedError("the portfolio stream client is closed") from None
 
-    def unget(self, updates: Iterable[Update]) -> None:
-        """Return updates to the front of the buffer (a batch that did not fit in one event)."""
-        self._buffer.unget(updates)
+    def unget(self, updates: Iterable[Update], sizes: Iterable[int] | None = None) -> None:
+        """Return updates (with their size estimates, if known) to the front of the buffer."""
+        self._buffer.unget(updates, sizes)
 
     async def aclose(self) -> None:
         """Stop reconnecting and close the socket (with a close handshake bounded by ``close_timeout``)."""
@@ -280,6 +314,8 @@ class PortfolioStreamClient:
                 url,
                 create_connection=_Connection,
                 max_size=self.max_frame_size,
+                max_queue=self.max_queue,
+                compression=None,  # Upstox sends small JSON frames; the simulator declines it too
                 ping_interval=self.ping_interval,
                 ping_timeout=self.ping_timeout,
                 open_timeout=self.open_timeout,
@@ -309,7 +345,7 @@ class PortfolioStreamClient:
         epoch = self.connection_epoch
         self.stats.connects += 1
         log.info("Upstox portfolio stream connected (connection %d, %s)", epoch, ",".join(self.update_types))
-        held: list[Update] | None = [] if self.snapshot_on_connect else None
+        held: tuple[list[Update], list[int]] | None = ([], []) if self.snapshot_on_connect else None
         self._held = held
         self._held_flushed.clear()
         reader = loop.create_task(self._read(ws, epoch))
@@ -350,10 +386,12 @@ class PortfolioStreamClient:
         received after the snapshot request began must win over the snapshot at the last tie-break.
         """
         held, self._held = self._held, None
-        if held:
+        if held and held[0] and not self._buffer.closed:
+            updates, sizes = held
             # may exceed maxsize by at most one buffer's worth
-            self._buffer.items.extend(msgspec.structs.replace(u, seq=next_seq()) for u in held)
-            self._buffer.notify()
+            first = reserve_seqs(len(updates))
+            replace = msgspec.structs.replace
+            self._buffer.extend([replace(u, seq=first + i) for i, u in enumerate(updates)], sizes)
         self._held_flushed.set()
 
     async def _take_snapshots(self, epoch: int) -> None:
@@ -367,7 +405,7 @@ class PortfolioStreamClient:
             auth = [e for e in errors if isinstance(e, UpstoxAuthenticationError)]
             raise (auth or errors)[0]
         self.stats.snapshots += 1
-        put, account = self._buffer.put, self.account
+        put, account, encode = self._buffer.put, self.account, msgspec.json.encode
         for result in results:
             assert not isinstance(result, BaseException)
             update_type, started, rows = result
@@ -376,42 +414,66 @@ class PortfolioStreamClient:
                     self.stats.decode_errors += 1
                     continue
                 self.stats.snapshot_rows += 1
+                data = strip_deprecated(row)
                 await put(
                     Update(
                         update_type=update_type,
-                        data=strip_deprecated(row),
+                        data=data,
                         source=SNAPSHOT,
                         seq=next_seq(),
                         connection_epoch=epoch,
                         received_at_us=started,
                         account=account,
-                    )
+                    ),
+                    entry_size(len(encode(data)), update_type, account),
                 )
 
     async def _read(self, ws: _Connection, epoch: int) -> None:
-        """Socket -> buffer. Decoding happens here so that the consumer only takes finished batches."""
-        buffer = self._buffer
-        items, maxsize, notify = buffer.items, buffer.maxsize, buffer.notify
-        recv, stats, account = ws.recv, self.stats, self.account
+        """Socket -> buffer, a chunk at a time: everything websockets has ready is received in one
+        tight loop (``recv`` on a queued frame does not suspend), decoded with one clock read, and
+        appended to the buffer in one step. Decoding happens here so the consumer takes finished
+        batches. Back-pressure: while the buffer is full, nothing is read, so websockets stops
+        reading the socket and TCP pushes back on the server."""
+        buffer, held_flushed = self._buffer, self._held_flushed
+        recv, queued = ws.recv, ws.frame_queue()
         while True:
-            frame = await recv(False)
+            frames = [await recv(False)]
             try:
-                update = decode_frame(frame, connection_epoch=epoch, received_at_us=now_us(), account=account)
-            except FrameDecodeError as exc:
-                stats.decode_errors += 1
-                self._report_decode_error(exc, len(frame))
-                continue
-            stats.messages += 1
-            held = self._held
-            if held is not None:
-                held.append(update)
-                if len(held) >= maxsize:
-                    await self._held_flushed.wait()
-            elif len(items) < maxsize:
-                items.append(update)
-                notify()
-            else:
-                await buffer.put(update)
+                if queued is not None:
+                    # at most what fits in the buffer, so that it stays bounded by its maxsize
+                    held = self._held
+                    room = buffer.maxsize - (len(buffer) if held is None else len(held[0]))
+                    limit = min(_CHUNK, room)
+                    # Frames already received: recv returns at once. (A fragmented message whose
+                    # last fragment is still on its way makes it wait for that fragment.)
+                    while len(queued) and len(frames) < limit:
+                        frames.append(await recv(False))
+            finally:  # even when the connection closes in the middle of a chunk
+                self._deliver(frames, epoch)  # recv(False): bytes
+            if self._held is not None:
+                if len(self._held[0]) >= buffer.maxsize:
+                    await held_flushed.wait()
+            elif len(buffer) >= buffer.maxsize:
+                await buffer.wait_for_space()
+
+    def _deliver(self, frames: list[bytes], epoch: int) -> None:
+        """Decode a chunk and append it to the buffer (or to the messages held during a snapshot)."""
+        stats = self.stats
+        updates, sizes, errors = decode_frames(
+            frames, connection_epoch=epoch, received_at_us=now_us(), account=self.account
+        )
+        for size, exc in errors:
+            stats.decode_errors += 1
+            self._report_decode_error(exc, size)
+        if not updates:
+            return
+        stats.messages += len(updates)
+        held = self._held
+        if held is not None:
+            held[0].extend(updates)
+            held[1].extend(sizes)
+        elif not self._buffer.closed:
+            self._buffer.extend(updates, sizes)
 
     def _report_decode_error(self, exc: FrameDecodeError, size: int) -> None:
         count = self.stats.decode_errors

@@ -34,10 +34,10 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, ClassVar, Literal
 
-import msgspec
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
 from airflow_provider_upstox.client import AsyncUpstoxClient
+from airflow_provider_upstox.client.aio import ashared_ssl_context
 from airflow_provider_upstox.exceptions import (
     UpstoxAPIError,
     UpstoxAuthenticationError,
@@ -54,7 +54,6 @@ from airflow_provider_upstox.models.updates import (
     POSITION,
     STREAM,
     Update,
-    encode_updates,
     normalize_update_types,
     now_us,
 )
@@ -104,7 +103,10 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
     :param idle_timeout: seconds without any frame before the connection is replaced; in deferral
         mode also the wait without updates before an ``idle`` event.
     :param mode: ``"deferral"``, ``"watch"`` or ``"auto"`` (deferral when a task deferred to it).
-    :param max_event_bytes: bound of one event's JSON; bigger batches are split.
+    :param max_event_bytes: bound of one event's JSON; batches are cut to fit it. Sizes are
+        estimated without encoding (a stream update by its frame's length, which exceeds its compact
+        re-encoding; a snapshot row by its encoded length); one update bigger than the bound is
+        still sent, alone.
     """
 
     #: Seconds a released stream stays open for the next instance (0 disables the hand-off).
@@ -189,7 +191,9 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
             return
         self._lease = lease
         try:
-            batch = await lease.stream.next_batch(self.max_batch_size, self.max_batch_wait, self.idle_timeout)
+            batch, _ = await lease.stream.next_sized_batch(
+                self.max_batch_size, self.max_batch_wait, self.idle_timeout, self._budget
+            )
         except Exception as exc:
             self._drop_lease()
             yield self._error_event(exc, lease.account)
@@ -198,10 +202,7 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
             self._release_lease()
             raise
         if batch:
-            head = self._fit(batch)
-            if len(head) < len(batch):
-                lease.stream.unget(batch[len(head) :])
-            event = self._batch_event(lease, head)
+            event = self._batch_event(lease, batch)
         else:
             event = TriggerEvent(
                 {
@@ -229,12 +230,16 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
                 continue
             self._lease = lease
             try:
+                next_batch, size, wait, budget = (
+                    lease.stream.next_sized_batch,
+                    self.max_batch_size,
+                    self.max_batch_wait,
+                    self._budget,
+                )
                 while True:
-                    batch = await lease.stream.next_batch(self.max_batch_size, self.max_batch_wait)
-                    while batch:
-                        head = self._fit(batch)
-                        batch = batch[len(head) :]
-                        yield self._batch_event(lease, head)
+                    batch, _ = await next_batch(size, wait, None, budget)
+                    if batch:
+                        yield self._batch_event(lease, batch)
             except Exception as exc:
                 self._drop_lease()
                 yield self._error_event(exc, lease.account)
@@ -253,13 +258,11 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
         hook = UpstoxHook(upstox_conn_id=self.upstox_conn_id, **self.hook_options)
         settings = await hook.aget_settings()
         update_types = tuple(self.update_types or settings.update_types)
-        # Built in a worker thread: httpx loads the CA bundle when a client is created, which blocks
-        # for ~0.1 s, far beyond what a triggerer's shared event loop should ever be blocked for.
-        rest = await asyncio.to_thread(
-            AsyncUpstoxClient,
-            settings.config,
-            on_secret=amask_secret,
-            retry_wait=self.hook_options.get("retry_wait"),
+        # Loading the CA bundle blocks for ~0.1 s: done once per process, in a worker thread; the
+        # client then reuses that shared TLS context and is cheap to create on the loop.
+        await ashared_ssl_context(settings.config.verify)
+        rest = AsyncUpstoxClient(
+            settings.config, on_secret=amask_secret, retry_wait=self.hook_options.get("retry_wait")
         )
         try:
             profile = await rest.get_profile()
@@ -298,19 +301,10 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
         if lease is not None:
             registry.discard(lease)
 
-    def _fit(self, batch: list[Update]) -> list[Update]:
-        """The longest prefix of *batch* whose encoded JSON fits ``max_event_bytes`` (at least one).
-
-        One encode when the batch fits (the usual case); otherwise the prefix is cut in proportion
-        to the overshoot and re-checked, a few encodes rather than one per update.
-        """
-        budget = self.max_event_bytes - _EVENT_OVERHEAD
-        count = len(batch)
-        size = len(msgspec.json.encode(batch))
-        while size > budget and count > 1:
-            count = max(1, min(count - 1, int(count * budget / size * 0.95)))
-            size = len(msgspec.json.encode(batch[:count]))
-        return batch if count == len(batch) else batch[:count]
+    @property
+    def _budget(self) -> int:
+        """Bytes the updates of one event may take (estimated, see ``next_sized_batch``)."""
+        return self.max_event_bytes - _EVENT_OVERHEAD
 
     def _small_stats(self, lease: StreamLease) -> dict[str, Any]:
         s = lease.stream.stats
@@ -325,15 +319,13 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
 
     def _batch_event(self, lease: StreamLease, batch: list[Update]) -> TriggerEvent:
         now = now_us()
-        live = [u.received_at_us for u in batch if u.source == STREAM]
-        lag_ms = (now - min(live)) / 1000 if live else None
+        updates, oldest = _encode_batch(batch)
+        lag_ms = (now - oldest) / 1000 if oldest is not None else None
         report(lease, len(batch), lag_ms)
         stats = self._small_stats(lease)
         if lag_ms is not None:
             stats["lag_ms"] = round(lag_ms, 1)
-        return TriggerEvent(
-            {"status": "batch", "account": lease.account, "updates": encode_updates(batch), "stats": stats}
-        )
+        return TriggerEvent({"status": "batch", "account": lease.account, "updates": updates, "stats": stats})
 
     def _error_event(self, exc: BaseException, account: str | None) -> TriggerEvent:
         fatal = _is_fatal(exc)
@@ -348,6 +340,22 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
                 "account": account,
             }
         )
+
+
+def _encode_batch(batch: list[Update]) -> tuple[list[list[Any]], int | None]:
+    """``encode_updates(batch)`` and the oldest live ``received_at_us``.
+
+    The same JSON arrays as :func:`~airflow_provider_upstox.models.updates.encode_updates`, built
+    directly: ``data`` comes from JSON (a frame or a REST body), so it is already plain JSON and
+    ``msgspec.to_builtins`` would only copy every dict once more (most of an event's cost). Live
+    updates sit in the buffer in arrival order, so the first one is the oldest.
+    """
+    updates = [
+        [u.update_type, u.data, u.source, u.seq, u.connection_epoch, u.received_at_us, u.account]
+        for u in batch
+    ]
+    oldest = next((u.received_at_us for u in batch if u.source == STREAM), None)
+    return updates, oldest
 
 
 def _text(exc: BaseException) -> str:

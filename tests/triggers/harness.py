@@ -47,33 +47,32 @@ def expected_finals(state: dict[str, Any]) -> dict[tuple[str, str], tuple[Any, .
 
 
 class Collector:
-    """Everything the 'operator' received. ``add`` only stores the payload (it runs on the loop under
-    test); decoding and bookkeeping happen in :meth:`process`, called from a worker thread."""
+    """Everything the 'operator' received. ``add`` keeps each payload as the JSON text the triggerer
+    would store (it runs on the loop under test; text keeps the garbage collector's work on that loop
+    small); decoding and bookkeeping happen in :meth:`process`, called from a worker thread."""
 
     def __init__(self) -> None:
-        self.payloads: list[dict[str, Any]] = []
+        self.texts: list[str] = []
         self._done = 0
         self.seen: dict[tuple[str, str], set[tuple[Any, ...]]] = defaultdict(set)
         self.updates = 0
         self.errors: list[dict[str, Any]] = []
         self.idle = 0
-        self.texts: list[str] = []
 
     @property
     def events(self) -> int:
-        return len(self.payloads)
+        return len(self.texts)
 
     def add(self, payload: dict[str, Any]) -> None:
-        self.payloads.append(payload)
+        self.texts.append(json.dumps(payload))
         if payload["status"] == "error":
             assert set(payload) == {"status", "error_type", "exception", "message", "fatal", "account"}
             self.errors.append(payload)
 
     def process(self) -> None:
-        while self._done < len(self.payloads):
-            payload = self.payloads[self._done]
+        while self._done < len(self.texts):
+            payload = json.loads(self.texts[self._done])
             self._done += 1
-            self.texts.append(json.dumps(payload))
             status = payload["status"]
             if status == "batch":
                 for update in decode_updates(payload["updates"]):
