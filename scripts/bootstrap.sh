@@ -18,6 +18,14 @@ pick_python() {
     echo "no Python >= 3.10 found" >&2; return 1
 }
 
+# mysqlclient (needed by apache-airflow-providers-mysql, which the MySQL/MariaDB tests use) builds
+# from source against the MariaDB client library.
+if ! pkg-config --exists mysqlclient 2>/dev/null && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "bootstrap: installing the MariaDB client headers (default-libmysqlclient-dev, pkg-config)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-libmysqlclient-dev pkg-config build-essential >/dev/null
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
     PY="$(pick_python)"
     echo "bootstrap: creating virtualenv $VENV with $PY"
