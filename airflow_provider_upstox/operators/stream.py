@@ -12,6 +12,12 @@ the database, keyed by dag/task/run/map index: task-sdk 1.3.2 drops ``defer(kwar
 new trigger; the trigger recovers anything missed in between from the REST snapshot it takes on
 connect, and the store's ordering rule makes replays harmless.
 
+The progress record also holds ``acked_seq``, the highest update seq committed in this try, saved
+after the batch's commit and passed to every re-deferral's trigger: a trigger that takes over a
+parked stream re-emits the last batch it yielded unless ``acked_seq`` covers it. A fresh try
+(``execute``) passes ``0`` (nothing committed), so a batch whose try died before its commit is
+delivered again.
+
 On a silent market no trigger event comes, so each deferral carries a timeout equal to the time
 left before a stop condition could become true; :meth:`resume_execution` turns that timeout into
 a wake-up instead of a failure.
@@ -132,7 +138,7 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         ti = context["ti"]
         return f"stream:{ti.dag_id}/{ti.task_id}/{ti.run_id}/{ti.map_index}"
 
-    def _trigger(self, rules: StopRules) -> Any:
+    def _trigger(self, rules: StopRules, acked_seq: int) -> Any:
         from airflow_provider_upstox.triggers.portfolio_stream import UpstoxPortfolioStreamTrigger
 
         idle_timeout = float(optional_number(self.idle_timeout, "idle_timeout") or 60.0)
@@ -146,12 +152,13 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
             max_batch_size=int(optional_number(self.max_batch_size, "max_batch_size", integer=True) or 500),
             max_batch_wait=float(optional_number(self.max_batch_wait, "max_batch_wait") or 1.0),
             idle_timeout=idle_timeout,
+            acked_seq=acked_seq,
         )
 
-    def _defer(self, progress: StreamProgress, rules: StopRules) -> None:
+    def _defer(self, progress: StreamProgress, rules: StopRules, acked_seq: int) -> None:
         wait = rules.wake_after(progress, now_us())
         self.defer(
-            trigger=self._trigger(rules),
+            trigger=self._trigger(rules, acked_seq),
             method_name="execute_complete",
             timeout=None if wait is None else timedelta(seconds=wait),
         )
@@ -168,7 +175,7 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
             idle_since_us=now_us(),
             deadline_us=None if stop_at is None else int(next_stop_deadline(stop_at, now).timestamp() * 1e6),
         )
-        save_progress(store, self._progress_key(context), progress.to_json())
+        save_progress(store, self._progress_key(context), {**progress.to_json(), "acked_seq": 0})
         log.info(
             "Streaming %s into %s (update types %s; stop: max_batches=%s, stop_after_idle=%s, stop_at=%s)",
             self.upstox_conn_id,
@@ -178,7 +185,7 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
             rules.stop_after_idle,
             stop_at,
         )
-        self._defer(progress, rules)
+        self._defer(progress, rules, 0)  # 0: nothing of an earlier try is known to be committed
         return None  # not reached: defer() raises
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Any) -> Any:
@@ -197,12 +204,16 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         key = self._progress_key(context)
         loaded = load_progress(store, key)
         progress = StreamProgress.from_json(loaded) if loaded else StreamProgress(now_us(), now_us())
+        acked_seq = _int_or_none((loaded or {}).get("acked_seq")) or 0
         progress.events += 1
-        self._handle_event(store, progress, event or {})
-        save_progress(store, key, progress.to_json())
+        committed = self._handle_event(store, progress, event or {})
+        if committed is not None:
+            acked_seq = max(acked_seq, committed)
+        # Saved after the batch's commit, so acked_seq never runs ahead of what is in the store.
+        save_progress(store, key, {**progress.to_json(), "acked_seq": acked_seq})
         reason = rules.reason_to_stop(progress, now_us())
         if reason is None:
-            self._defer(progress, rules)
+            self._defer(progress, rules, acked_seq)
         log.info(
             "Stopping the stream of %s: %s (%d batches, %d updates)",
             self.upstox_conn_id,
@@ -222,7 +233,8 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         }
 
     # ---------------------------------------------------------------- internals
-    def _handle_event(self, store: Any, progress: StreamProgress, event: dict[str, Any]) -> None:
+    def _handle_event(self, store: Any, progress: StreamProgress, event: dict[str, Any]) -> int | None:
+        """Persist a batch event (or account for another kind); the highest seq committed, if any."""
         status = event.get("status")
         if status == "batch":
             updates = decode_updates(event.get("updates") or [])
@@ -231,7 +243,7 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
                 account = self._lookup_account()
             progress.account = account
             if not updates:
-                return
+                return None
             result = store.apply(updates, account=account, stream_key=f"conn:{self.upstox_conn_id}")
             now = now_us()
             progress.batches += 1
@@ -249,7 +261,8 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
                 if isinstance(count, int):
                     progress.applied[name] = progress.applied.get(name, 0) + count
             log.info("Batch %d: %d updates for %s -> %s", progress.batches, len(updates), account, result)
-        elif status == "error":
+            return max(u.seq for u in updates)
+        if status == "error":
             progress.errors += 1
             error_type = str(event.get("error_type") or event.get("error") or "")
             message = str(event.get("message") or "stream error")
@@ -266,6 +279,7 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
             log.debug("No update (%s); checking stop conditions", status)
         else:
             log.warning("Ignoring trigger event with unknown status %r", status)
+        return None
 
     def _lookup_account(self) -> str:
         from airflow_provider_upstox.hooks.upstox import UpstoxHook
@@ -294,6 +308,10 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
 
 def _is_template(value: Any) -> bool:
     return isinstance(value, str) and "{{" in value
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _account_of(updates: Sequence[Any]) -> str | None:

@@ -9,6 +9,13 @@ the same connection id and update types *takes* it over, buffered messages inclu
 lost in between, and nothing is duplicated. A lease nobody takes is closed when the linger ends; the
 next instance then reconnects and recovers the gap through the snapshot on connect.
 
+A yielded batch is not yet a persisted batch: the task's try can die (worker killed, database
+error) between the event and the commit, and its retry would take the parked stream over and never
+see that batch again. So a lease keeps the last batch it yielded as *unacknowledged*
+(:attr:`StreamLease.unacked`) until the next instance learns, from the ``acked_seq`` its operator
+read from the database, that it was committed; whatever was not is emitted again first
+(:meth:`StreamLease.take_unacked`). Re-emitting is harmless: the store is idempotent.
+
 Airflow 3.3's shared streams (``BaseEventTrigger.shared_stream_key``) do not fit this job: a group
 stops as soon as its last subscriber leaves (no linger, so nothing survives a re-deferral), a late
 subscriber misses what was broadcast before it joined, and a slow subscriber is failed rather than
@@ -22,6 +29,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from airflow_provider_upstox.models.updates import Update
 from airflow_provider_upstox.stream import PortfolioStreamClient
 
 log = logging.getLogger(__name__)
@@ -47,6 +55,21 @@ class StreamLease:
     handoffs: int = 0
     #: counters already reported to Airflow's metrics, so only deltas are sent
     reported: dict[str, int] = field(default_factory=dict)
+    #: the last batch yielded from this stream, until a later instance learns it was committed
+    unacked: list[Update] = field(default_factory=list)
+
+    def take_unacked(self, acked_seq: int | None) -> list[Update]:
+        """The unacknowledged updates with ``seq > acked_seq``; clears the list.
+
+        ``acked_seq`` is the highest seq the consumer has durably committed (``0``: nothing yet, as
+        on a fresh try), so everything at or below it is dropped and the rest must be sent again
+        before anything new. ``None`` means the consumer does not acknowledge at all (a plain
+        ``run()`` loop): nothing is re-sent, or such a consumer would get the same batch forever.
+        """
+        pending, self.unacked = self.unacked, []
+        if acked_seq is None:
+            return []
+        return [u for u in pending if u.seq > acked_seq]
 
     async def aclose(self) -> None:
         try:

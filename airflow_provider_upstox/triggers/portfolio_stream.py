@@ -9,9 +9,13 @@ re-deferrals (:mod:`.handoff`).
 Two modes (``mode="auto"`` picks by whether a task deferred to the trigger):
 
 * ``deferral``: yield ONE event and return, as Airflow cancels a task's trigger after its first
-  event. The open stream is released to the hand-off registry for the next instance. When no update
-  arrives for ``idle_timeout`` seconds, an ``{"status": "idle"}`` event lets the operator evaluate
-  its stop conditions.
+  event. The open stream is released to the hand-off registry for the next instance, with the
+  yielded batch kept as unacknowledged: the next instance first re-emits those of its updates whose
+  ``seq`` is above its ``acked_seq`` kwarg (the highest seq the operator has committed; ``0`` on a
+  fresh try; ``None``, the default, for a consumer that does not acknowledge), so a batch whose try
+  died before its commit is not lost. When no update arrives for
+  ``idle_timeout`` seconds, an ``{"status": "idle"}`` event lets the operator evaluate its stop
+  conditions.
 * ``watch`` (an ``AssetWatcher``): run forever. Transient faults are absorbed by the stream client;
   a fatal one (the token was refused) yields one error event and then waits ``auth_retry_delay``
   seconds before trying again, because Airflow would restart a watcher that returns or raises within
@@ -107,6 +111,10 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
         estimated without encoding (a stream update by its frame's length, which exceeds its compact
         re-encoding; a snapshot row by its encoded length); one update bigger than the bound is
         still sent, alone.
+    :param acked_seq: deferral mode: the highest update ``seq`` the consumer has durably committed
+        (``0``: nothing, e.g. the first deferral of a try). A taken-over stream re-emits its last
+        yielded updates above it before anything new. ``None``: the consumer does not acknowledge,
+        nothing is re-emitted. Not a secret, a plain integer.
     """
 
     #: Seconds a released stream stays open for the next instance (0 disables the hand-off).
@@ -129,6 +137,7 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
         idle_timeout: float = 90.0,
         mode: Mode = "auto",
         max_event_bytes: int = 256_000,
+        acked_seq: int | None = None,
     ) -> None:
         super().__init__()
         if max_batch_size < 1:
@@ -146,6 +155,7 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
         self.idle_timeout = float(idle_timeout)
         self.mode: Mode = mode
         self.max_event_bytes = int(max_event_bytes)
+        self.acked_seq = None if acked_seq is None else int(acked_seq)
         self._lease: StreamLease | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -159,6 +169,7 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
                 "idle_timeout": self.idle_timeout,
                 "mode": self.mode,
                 "max_event_bytes": self.max_event_bytes,
+                "acked_seq": self.acked_seq,
             },
         )
 
@@ -190,10 +201,23 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
             yield self._error_event(exc, None)
             return
         self._lease = lease
-        try:
-            batch, _ = await lease.stream.next_sized_batch(
-                self.max_batch_size, self.max_batch_wait, self.idle_timeout, self._budget
+        # What the previous instance yielded but the task has not committed (its try died after
+        # the event): send it again before anything new, or it is lost (no reconnect, no snapshot).
+        batch = lease.take_unacked(self.acked_seq)
+        if batch:
+            log.info(
+                "Re-emitting %d updates not acknowledged by the task (acked_seq=%s)",
+                len(batch),
+                self.acked_seq,
             )
+        try:
+            if not batch:
+                batch, _ = await lease.stream.next_sized_batch(
+                    self.max_batch_size,
+                    self.max_batch_wait,
+                    self.idle_timeout,
+                    self._budget,
+                )
         except Exception as exc:
             self._drop_lease()
             yield self._error_event(exc, lease.account)
@@ -203,6 +227,7 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
             raise
         if batch:
             event = self._batch_event(lease, batch)
+            lease.unacked = batch
         else:
             event = TriggerEvent(
                 {

@@ -18,12 +18,7 @@ from tests.reliability.leakscan import Scanner, secrets_of
 pytestmark = [pytest.mark.timeout(180)]
 
 #: fault -> (reason, strict): open bugs, reported in /tmp/brief/bugs-from-reliability.txt
-KNOWN_BROKEN = {
-    "task retried (worker killed before commit) x2": (
-        "bug 2: the retry takes over the parked stream, so the batch of the killed try is never re-read",
-        True,
-    ),
-}
+KNOWN_BROKEN: dict[str, tuple[str, bool]] = {}
 
 
 def _params() -> list[object]:

@@ -27,8 +27,11 @@ def test_serialize_is_plain_json_and_secret_free() -> None:
         "idle_timeout": 90.0,
         "mode": "auto",
         "max_event_bytes": 256_000,
+        "acked_seq": None,
     }
     assert UpstoxPortfolioStreamTrigger(**kwargs).serialize() == (classpath, kwargs)
+    acked = UpstoxPortfolioStreamTrigger(acked_seq=1_740_641_185_000_123).serialize()[1]
+    assert json.loads(json.dumps(acked))["acked_seq"] == 1_740_641_185_000_123
     assert trigger.effective_mode() == "watch"  # no task deferred to it: an AssetWatcher
 
 
@@ -69,6 +72,53 @@ async def test_deferral_snapshot_then_handoff_then_idle(
         if payload["status"] == "idle":
             break
     assert set(payload) == {"status", "account", "idle_since_us", "stats"}
+
+
+async def test_unacknowledged_batch_is_re_emitted_to_the_next_instance(
+    sim_process: Any, fast_trigger: Any, clean_registry: None
+) -> None:
+    """Bug 2: a try that dies between the event and its commit must get the batch again on retry."""
+
+    def make(acked_seq: int | None) -> UpstoxPortfolioStreamTrigger:
+        return UpstoxPortfolioStreamTrigger(
+            mode="deferral", max_batch_wait=0.05, idle_timeout=0.5, acked_seq=acked_seq
+        )
+
+    async def one(acked_seq: int | None) -> dict[str, Any]:
+        trigger = make(acked_seq)
+        events = [e.payload async for e in trigger.run()]
+        await trigger.cleanup()
+        assert len(events) == 1
+        return events[0]
+
+    snapshot = await one(0)  # first deferral of a try: a fresh connection, snapshot first
+    assert snapshot["status"] == "batch"
+    acked = max(u.seq for u in decode_updates(snapshot["updates"]))
+    sim_process.control.step(20)
+    lost = await one(acked)  # a live batch, taken over; its try "dies" before committing it
+    lost_updates = decode_updates(lost["updates"])
+    assert lost["stats"]["handoffs"] == 1
+    assert {u.source for u in lost_updates} == {"stream"}
+
+    retried = await one(0)  # the retry (a fresh try) takes the parked stream over: same batch again
+    assert retried["stats"]["handoffs"] == 2
+    assert decode_updates(retried["updates"]) == lost_updates
+
+    partly = max(u.seq for u in lost_updates[: len(lost_updates) // 2]) if len(lost_updates) > 1 else acked
+    again = await one(partly)  # only what is above the committed seq comes back
+    assert decode_updates(again["updates"]) == [u for u in lost_updates if u.seq > partly]
+
+    sim_process.control.step(10)
+    committed = max(u.seq for u in lost_updates)
+    fresh = await one(committed)  # acknowledged: new updates only (the fast path)
+    if fresh["status"] == "batch":
+        assert min(u.seq for u in decode_updates(fresh["updates"])) > committed
+
+    sim_process.control.step(10)
+    plain = await one(None)  # a consumer that does not acknowledge never gets a batch twice
+    if plain["status"] == "batch" and fresh["status"] == "batch":
+        fresh_seqs = {u.seq for u in decode_updates(fresh["updates"])}
+        assert not fresh_seqs & {u.seq for u in decode_updates(plain["updates"])}
 
 
 async def test_max_event_bytes_splits_batches(

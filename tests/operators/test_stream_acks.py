@@ -1,0 +1,74 @@
+"""The stream operator tells each re-deferral's trigger what it has committed (``acked_seq``).
+
+Bug 2 of the reliability matrix: a trigger that takes a parked stream over re-emits the last batch
+it yielded unless ``acked_seq`` covers it, so the operator must pass ``0`` on a fresh try and the
+highest committed seq after each commit, read back from its progress record in the database.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from airflow.sdk.exceptions import TaskDeferred
+
+from airflow_provider_upstox.models.updates import Update, encode_updates, next_seq, now_us
+from airflow_provider_upstox.operators.stream import UpstoxPortfolioStreamOperator
+
+
+@pytest.fixture
+def operator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> UpstoxPortfolioStreamOperator:
+    db = tmp_path / "store.db"
+    monkeypatch.setenv("AIRFLOW_CONN_UPSTOX_ACK_DB", json.dumps({"conn_type": "sqlite", "host": str(db)}))
+    return UpstoxPortfolioStreamOperator(
+        task_id="stream", sql_conn_id="upstox_ack_db", emit_assets=False, max_batch_wait=0.2
+    )
+
+
+def _context(run_id: str) -> dict[str, Any]:
+    ti = SimpleNamespace(dag_id="d", task_id="stream", run_id=run_id, map_index=-1)
+    return {"ti": ti, "outlet_events": {}}
+
+
+def _order(order_id: str, status: str) -> Update:
+    data = {
+        "update_type": "order",
+        "order_id": order_id,
+        "user_id": "AB1234",
+        "status": status,
+        "order_request_id": "1",
+        "exchange_timestamp": "2025-01-06 09:15:00",
+        "filled_quantity": 0,
+        "quantity": 1,
+    }
+    return Update(update_type="order", data=data, seq=next_seq(), received_at_us=now_us(), account="AB1234")
+
+
+def _deferred_trigger(call: Any) -> Any:
+    with pytest.raises(TaskDeferred) as deferred:
+        call()
+    return deferred.value.trigger
+
+
+def test_fresh_try_acks_nothing_and_each_commit_raises_acked_seq(
+    operator: UpstoxPortfolioStreamOperator,
+) -> None:
+    context = _context("run-1")
+    first = _deferred_trigger(lambda: operator.execute(context))
+    assert first.acked_seq == 0  # a fresh try: re-send whatever the parked stream did not get committed
+    assert json.loads(json.dumps(first.serialize()[1]))["acked_seq"] == 0
+
+    batch = [_order("250106000000001", "open"), _order("250106000000002", "open")]
+    event = {"status": "batch", "account": "AB1234", "updates": encode_updates(batch), "stats": {}}
+    second = _deferred_trigger(lambda: operator.execute_complete(context, event))
+    assert second.acked_seq == max(u.seq for u in batch)
+
+    idle = {"status": "idle", "account": "AB1234", "idle_since_us": now_us(), "stats": {}}
+    third = _deferred_trigger(lambda: operator.execute_complete(context, idle))
+    assert third.acked_seq == second.acked_seq  # nothing new committed: the watermark stays
+
+    retry = _deferred_trigger(lambda: operator.execute(context))  # the try died: a new try
+    assert retry.acked_seq == 0
