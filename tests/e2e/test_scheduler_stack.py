@@ -7,6 +7,8 @@ The market runs, the DAG ingests, the market stops; the store must then converge
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,13 @@ from tests.ui.cdp import chromium_page, find_chromium
 
 pytestmark = [pytest.mark.slow, pytest.mark.airflow_server, pytest.mark.timeout(900)]
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+# The README's screenshots are refreshed only on request (UPSTOX_UPDATE_SCREENSHOTS=1), so that a
+# test run does not dirty the work tree; otherwise they go to a temporary folder.
+SCREENSHOTS = (
+    Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+    if os.environ.get("UPSTOX_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.mkdtemp(prefix="upstox-screenshots-"))
+)
 STACK = ("dag-processor", "scheduler", "triggerer")
 
 

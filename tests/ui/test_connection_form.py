@@ -1,12 +1,14 @@
 """The Upstox connection form as a user sees it: real api-server, headless Chromium.
 
 Skipped when no Chromium is installed, except under ``CI=true`` where it fails (CI installs Debian's
-``chromium`` package). Screenshots go to ``docs/screenshots/`` for the README.
+``chromium`` package). Screenshots go to ``docs/screenshots/`` for the README when
+UPSTOX_UPDATE_SCREENSHOTS=1.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,7 +18,13 @@ from tests.ui.cdp import Page, chromium_page, find_chromium
 
 pytestmark = [pytest.mark.airflow_server, pytest.mark.timeout(420)]
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+# The README's screenshots are refreshed only on request (UPSTOX_UPDATE_SCREENSHOTS=1), so that a
+# test run does not dirty the work tree; otherwise they go to a temporary folder.
+SCREENSHOTS = (
+    Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+    if os.environ.get("UPSTOX_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.mkdtemp(prefix="upstox-screenshots-"))
+)
 DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
 
 
