@@ -6,15 +6,21 @@ on any of them, persists every event after the watermark kept in the store (not 
 that triggered the run: see :mod:`airflow_provider_upstox.operators.events`). ``max_active_runs=1``
 keeps one writer per watermark; an extra run is harmless anyway, the store is idempotent.
 
+A run also starts every few minutes (``UPSTOX_EVENTS_CATCHUP_CRON``, default every 5 minutes; ``off``
+disables it): Airflow has left events that arrived while a run was active waiting until a later
+event came (apache/airflow#56050). Each run reads again until nothing new arrives, so only an event
+committed in the last moments of a run can be left behind, and the time schedule bounds its wait.
+
 Connections and store: as in ``upstox_portfolio_stream`` (``UPSTOX_CONN_IDS``, ``UPSTOX_SQL_CONN_ID``).
 Run either this DAG or the stream DAG for an account, not both: both would work, twice the load.
 """
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, AssetAny
+from airflow.sdk import DAG, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable
 
 from airflow_provider_upstox.assets import (
     configured_conn_ids,
@@ -28,11 +34,19 @@ WATCHED = [
     watched_asset(conn_id, max_batch_wait=configured_float("UPSTOX_MAX_BATCH_WAIT", 1.0))
     for conn_id in configured_conn_ids()
 ]
+CATCHUP_CRON = os.environ.get("UPSTOX_EVENTS_CATCHUP_CRON", "").strip() or "*/5 * * * *"
+SCHEDULE = (
+    AssetAny(*WATCHED)
+    if CATCHUP_CRON.lower() == "off"
+    else AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(CATCHUP_CRON, timezone="Asia/Kolkata"), assets=AssetAny(*WATCHED)
+    )
+)
 
 with DAG(
     dag_id="upstox_portfolio_events",
     description="Persist Upstox portfolio updates delivered as asset events by an AssetWatcher",
-    schedule=AssetAny(*WATCHED),
+    schedule=SCHEDULE,
     start_date=datetime(2025, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -19,6 +19,7 @@ harmless, the store is idempotent.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,19 +36,32 @@ log = logging.getLogger(__name__)
 CHUNK_UPDATES = 2000
 #: How far before the watermark each read starts (see the module docstring).
 LOOKBACK = timedelta(seconds=60)
+#: How long one task keeps re-reading while new events keep arriving.
+DRAIN_SECONDS = 60.0
 
 
 def watermark_key(asset: Asset) -> str:
     return f"asset_events:{asset.name}"
 
 
-def persist_asset_events(context: Any, asset: Asset, sql_conn_id: str = "upstox_db") -> dict[str, Any]:
+def persist_asset_events(
+    context: Any,
+    asset: Asset,
+    sql_conn_id: str = "upstox_db",
+    *,
+    drain_seconds: float = DRAIN_SECONDS,
+) -> dict[str, Any]:
     """Apply every not yet persisted event of *asset* to the store; one call per task.
+
+    Reads again after each applied pass until a read finds nothing new (or *drain_seconds* have
+    passed, so a flood cannot keep one task running forever), which shrinks the window in which an
+    event can arrive during a run and wait for a later one (see the module docstring).
 
     The task must declare *asset* in its ``inlets``.
 
-    :returns: counts: ``events`` read, ``batches`` applied, ``updates``, ``errors`` (error events
-        seen), ``skipped`` (events at or before the watermark), and the new watermark.
+    :returns: counts: ``events`` applied, ``batches`` among them, ``updates``, ``errors`` (error
+        events seen), ``skipped`` (events read that an earlier call had applied), ``passes`` (reads
+        made), and the new watermark.
     """
     store = open_store(sql_conn_id)
     key = watermark_key(asset)
@@ -55,15 +69,13 @@ def persist_asset_events(context: Any, asset: Asset, sql_conn_id: str = "upstox_
     mark_dt = datetime.fromisoformat(mark["timestamp"]) if mark.get("timestamp") else None
     recent: dict[int, str] = {int(k): v for k, v in (mark.get("recent") or {}).items()}
     accessor = context["inlet_events"][asset]
-    events = list(accessor.after((mark_dt - LOOKBACK).isoformat()) if mark_dt else accessor)
-    events.sort(key=lambda e: (e.timestamp, e.id))
-    counts = {"events": len(events), "batches": 0, "updates": 0, "errors": 0, "skipped": 0}
+    counts = {"events": 0, "batches": 0, "updates": 0, "errors": 0, "skipped": 0, "passes": 0}
     pending: dict[str, list[Update]] = {}
     pending_size = 0
     last: Any = None
 
     def flush() -> None:
-        nonlocal pending, pending_size
+        nonlocal pending, pending_size, mark_dt
         for account, updates in pending.items():
             store.apply(updates, account=account)
         if last is not None:
@@ -71,6 +83,7 @@ def persist_asset_events(context: Any, asset: Asset, sql_conn_id: str = "upstox_
             kept = {i: t for i, t in recent.items() if datetime.fromisoformat(t) >= horizon}
             recent.clear()
             recent.update(kept)
+            mark_dt = last.timestamp
             save_progress(
                 store,
                 key,
@@ -82,46 +95,69 @@ def persist_asset_events(context: Any, asset: Asset, sql_conn_id: str = "upstox_
             )
         pending, pending_size = {}, 0
 
-    for event in events:
-        if event.id in recent or (mark_dt is not None and event.timestamp < mark_dt - LOOKBACK):
-            counts["skipped"] += 1
-            continue
-        recent[event.id] = event.timestamp.isoformat()
-        payload = (event.extra or {}).get("payload") or {}
-        status = payload.get("status") if isinstance(payload, dict) else None
-        if status == "batch":
-            try:
-                updates = decode_updates(payload.get("updates") or [])
-            except InvalidUpdateError as exc:
-                log.error("Asset event %s holds an undecodable batch (%s); skipped", event.id, exc)
-                counts["errors"] += 1
-                updates = []
-            if updates:
-                account = str(payload.get("account") or updates[0].account or "")
-                if not account:
-                    log.error("Asset event %s has no account; skipped", event.id)
-                    counts["errors"] += 1
-                else:
-                    pending.setdefault(account, []).extend(updates)
-                    pending_size += len(updates)
-                    counts["batches"] += 1
-                    counts["updates"] += len(updates)
-        elif status == "error":
-            counts["errors"] += 1
-            log.warning(
-                "Stream error reported by the watcher of %s: %s %s",
-                asset.name,
-                payload.get("error_type"),
-                payload.get("message"),
-            )
-        last = event
-        if pending_size >= CHUNK_UPDATES:
-            flush()
-    flush()
+    handled: set[int] = set()  # applied by this call
+    skipped: set[int] = set()  # read, but applied before this call
+    deadline = time.monotonic() + drain_seconds
+    while True:
+        # ``after()`` of Airflow's accessor resets its cache, so every pass is a fresh query.
+        events = list(accessor.after((mark_dt - LOOKBACK).isoformat()) if mark_dt else accessor)
+        events.sort(key=lambda e: (e.timestamp, e.id))
+        counts["passes"] += 1
+        fresh = 0
+        for event in events:
+            if event.id in recent or (mark_dt is not None and event.timestamp < mark_dt - LOOKBACK):
+                if event.id not in handled:
+                    skipped.add(event.id)
+                continue
+            fresh += 1
+            handled.add(event.id)
+            recent[event.id] = event.timestamp.isoformat()
+            pending_size += _collect(event, asset, pending, counts)
+            last = event
+            if pending_size >= CHUNK_UPDATES:
+                flush()
+        flush()
+        if not fresh or time.monotonic() >= deadline:
+            break
+    counts["events"], counts["skipped"] = len(handled), len(skipped)
     if last is not None:
         counts["watermark_event_id"] = last.id
     log.info("Persisted asset events of %s: %s", asset.name, counts)
     return counts
+
+
+def _collect(event: Any, asset: Asset, pending: dict[str, list[Update]], counts: dict[str, int]) -> int:
+    """Queue the updates of one asset event under its account; returns how many were queued."""
+    payload = (event.extra or {}).get("payload") or {}
+    status = payload.get("status") if isinstance(payload, dict) else None
+    if status == "error":
+        counts["errors"] += 1
+        log.warning(
+            "Stream error reported by the watcher of %s: %s %s",
+            asset.name,
+            payload.get("error_type"),
+            payload.get("message"),
+        )
+        return 0
+    if status != "batch":
+        return 0
+    try:
+        updates = decode_updates(payload.get("updates") or [])
+    except InvalidUpdateError as exc:
+        log.error("Asset event %s holds an undecodable batch (%s); skipped", event.id, exc)
+        counts["errors"] += 1
+        return 0
+    if not updates:
+        return 0
+    account = str(payload.get("account") or updates[0].account or "")
+    if not account:
+        log.error("Asset event %s has no account; skipped", event.id)
+        counts["errors"] += 1
+        return 0
+    pending.setdefault(account, []).extend(updates)
+    counts["batches"] += 1
+    counts["updates"] += len(updates)
+    return len(updates)
 
 
 class UpstoxPersistAssetEventsOperator(BaseOperator):

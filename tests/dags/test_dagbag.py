@@ -31,6 +31,9 @@ def test_one_task_and_one_watcher_per_account(dagbag) -> None:
 
     events = dagbag.dags["upstox_portfolio_events"]
     assert events.max_active_runs == 1
+    # asset events, plus a catch-up run every 5 minutes (apache/airflow#56050)
+    assert type(events.timetable).__name__ == "AssetOrTimeSchedule"
+    assert events.timetable.timetable.expression == "*/5 * * * *"
     (task,) = events.tasks
     watchers = [w for asset in task.inlets for w in asset.watchers]
     assert sorted(w.name for w in watchers) == [
@@ -54,3 +57,13 @@ def test_dags_serialize(dagbag) -> None:
     for dag_id in EXPECTED:
         data = DagSerialization.to_dict(dagbag.dags[dag_id])
         assert DagSerialization.from_dict(data).dag_id == dag_id
+
+
+def test_events_catch_up_schedule_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("UPSTOX_EVENTS_CATCHUP_CRON", "off")
+    dagbag = DagBag(dag_folder=str(DAGS_DIR / "upstox_portfolio_events.py"))
+    assert dagbag.import_errors == {}
+    events = dagbag.dags["upstox_portfolio_events"]
+    assert type(events.timetable).__name__ == "AssetTriggeredTimetable"

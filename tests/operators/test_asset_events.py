@@ -36,18 +36,21 @@ class Accessor:
     events: list[Event]
     queries: list[str | None] = field(default_factory=list)
     _after: str | None = None
+    #: events committed right after each query (while the task is still running), one list per query
+    arrivals: list[list[Event]] = field(default_factory=list)
 
     def after(self, after: str) -> Accessor:
-        return Accessor(self.events, self.queries, after)
+        return Accessor(self.events, self.queries, after, self.arrivals)
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         self.queries.append(self._after)
         bound = datetime.fromisoformat(self._after) if self._after else None
-        return iter(
-            sorted(
-                (e for e in self.events if bound is None or e.timestamp >= bound), key=lambda e: e.timestamp
-            )
+        result = sorted(
+            (e for e in self.events if bound is None or e.timestamp >= bound), key=lambda e: e.timestamp
         )
+        if self.arrivals:
+            self.events.extend(self.arrivals.pop(0))
+        return iter(result)
 
 
 def order_event(event_id: int, seconds: float, order_id: str, status: str, filled: int) -> Event:
@@ -90,6 +93,7 @@ def test_reads_everything_after_the_watermark_once(store: PortfolioStore) -> Non
     context = {"inlet_events": {ASSET: accessor}}
     first = events_mod.persist_asset_events(context, ASSET)
     assert (first["events"], first["batches"], first["skipped"]) == (2, 2, 0)
+    assert first["passes"] == 2  # the second read found nothing new
     assert rows(store) == {"1": ("open", 2)}
 
     # A quiet period, then a burst: all of it is read, nothing twice.
@@ -120,3 +124,32 @@ def test_out_of_order_events_end_in_the_newest_state(store: PortfolioStore) -> N
     accessor = Accessor([order_event(21, 0, "9", "complete", 5), order_event(20, 1, "9", "open", 1)])
     events_mod.persist_asset_events({"inlet_events": {ASSET: accessor}}, ASSET)
     assert rows(store) == {"9": ("complete", 5)}
+
+
+def test_events_committed_during_the_run_are_applied_before_it_ends(store: PortfolioStore) -> None:
+    """The gap of apache/airflow#56050: an event committed while the run is active must not wait
+    for a later event to start the next run. The task reads again until a read finds nothing new."""
+    accessor = Accessor(
+        [order_event(30, 0, "5", "open", 0)],
+        arrivals=[[order_event(31, 2, "5", "open", 3)], [order_event(32, 3, "6", "complete", 5)]],
+    )
+    result = events_mod.persist_asset_events({"inlet_events": {ASSET: accessor}}, ASSET)
+    assert (result["events"], result["passes"], result["watermark_event_id"]) == (3, 4, 32)
+    assert rows(store) == {"5": ("open", 3), "6": ("complete", 5)}
+    assert all(q is not None for q in accessor.queries[1:])  # later reads start at the watermark
+
+
+def test_draining_is_bounded(store: PortfolioStore) -> None:
+    """A flood cannot keep one task running forever: past ``drain_seconds`` it stops after the pass
+    it is in, with everything read so far applied; the next run (queued by the flood) goes on."""
+    accessor = Accessor(
+        [order_event(40, 0, "7", "open", 0)],
+        arrivals=[[order_event(41 + i, 1 + i, "7", "open", 1 + i)] for i in range(3)],
+    )
+    context = {"inlet_events": {ASSET: accessor}}
+    first = events_mod.persist_asset_events(context, ASSET, drain_seconds=0)
+    assert (first["passes"], first["events"]) == (1, 1)
+    assert rows(store) == {"7": ("open", 0)}
+    second = events_mod.persist_asset_events(context, ASSET)
+    assert second["events"] == 3
+    assert rows(store) == {"7": ("open", 3)}
