@@ -3,6 +3,7 @@
     python bench/store_throughput.py                 # PostgreSQL + SQLite, short (~30 s)
     python bench/store_throughput.py --full          # also scale to 1M stored orders (minutes, ~3 GB)
     python bench/store_throughput.py --pg-url postgresql+psycopg://postgres@127.0.0.1:5432/test
+    python bench/store_throughput.py --repeat 3      # medians of 3 fresh runs (noisy machines)
 
 For each backend, on a fresh database, with realistic order messages in batches of 500:
 
@@ -24,6 +25,7 @@ Goal (issue 6): apply >= 0.5x a plain executemany INSERT and >= 20,000 updates/s
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -101,9 +103,9 @@ def _driver_params(backend: str, rows: list[dict[str, Any]]) -> tuple[str, list[
     columns = tuple(rows[0])
     names = ", ".join(f'"{c}"' for c in columns)
     if backend == "sqlite":
-        _, converters = bulk._sqlite_plan(schema.orders, columns, ("account", "order_id"), False)
+        _, pack = bulk._sqlite_plan(schema.orders, columns, ("account", "order_id"), False)
         plain = f"INSERT INTO upstox_orders ({names}) VALUES ({', '.join('?' for _ in columns)})"
-        return plain, bulk._sqlite_params(rows, columns, converters)
+        return plain, bulk._sqlite_params(rows, pack)
     json_cols = {c for c in columns if isinstance(schema.orders.c[c].type, sa.JSON)}
     params = [[bulk._json(r[c]) if c in json_cols else r[c] for c in columns] for r in rows]
     return f"INSERT INTO upstox_orders ({names}) VALUES ({', '.join('%s' for _ in columns)})", params
@@ -229,18 +231,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--updates", type=int, default=10_000)
     parser.add_argument("--full", action="store_true", help="also scale to 1M stored rows (slow)")
     parser.add_argument("--backends", default="postgresql,sqlite")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="whole runs per backend, each on a fresh database; every figure (baselines "
+                             "included) is the median over the runs, for noisy machines")  # fmt: skip
     args = parser.parse_args(argv)
     scales = [10_000, 100_000] + ([1_000_000] if args.full else [])
     results: list[Row] = []
     for backend in args.backends.split(","):
         try:
-            with fresh_database(backend, args.pg_url) as url:
-                results += run_backend(backend, url, args.updates, [s for s in scales if s >= args.updates])
+            runs = []
+            for _ in range(max(args.repeat, 1)):
+                with fresh_database(backend, args.pg_url) as url:
+                    runs.append(
+                        run_backend(backend, url, args.updates, [s for s in scales if s >= args.updates])
+                    )
+            results += median_rows(runs)
         except sa.exc.OperationalError as exc:
             print(f"\n{backend}: skipped, database not reachable ({exc.orig})", file=sys.stderr)
     if results:
         print_summary(results)
+        if args.repeat > 1:
+            print(f"(medians of {args.repeat} runs, each on a fresh database)")
     return 0
+
+
+def median_rows(runs: list[list[Row]]) -> list[Row]:
+    """Per measure, the median rate over *runs* (the same measures in the same order in each)."""
+    return [
+        (backend, label, statistics.median(run[i][2] for run in runs), unit)
+        for i, (backend, label, _, unit) in enumerate(runs[0])
+    ]
 
 
 if __name__ == "__main__":

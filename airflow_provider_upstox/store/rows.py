@@ -70,8 +70,8 @@ from airflow_provider_upstox.models.updates import (
     ORDER,
     POSITION,
     TERMINAL_ORDER_STATUSES,
+    TYPED_VIEWS,
     GttOrder,
-    Holding,
     Order,
     Position,
     Update,
@@ -141,6 +141,8 @@ class PreparedRow:
     version: bytes
     row: dict[str, Any]
     event: dict[str, Any] | None = None
+    #: ``raw`` (and the event's ``raw``) as JSON text, encoded once by validation for the writers.
+    raw_json: str | None = None
 
 
 def money(value: float | None) -> Decimal | None:
@@ -214,32 +216,39 @@ def prepare(update: Update, account: str, now: datetime, write_id: int) -> Prepa
 
 def _prepare(update: Update, account: str, now: datetime, write_id: int) -> PreparedRow:
     validation.check_envelope(update, account)
-    validation.check_text(update)
-    view = typed_view(update)
+    raw_json = validation.check_text(update).decode()
+    # The C-level constrained twin of the typed view checks ranges and column lengths; only what it
+    # refuses goes through the exact (Python) checks, which name the field.
+    view: Any = validation.fast_view(update)
+    exact = view is None
+    if exact:
+        view = typed_view(update)
     received_at = update.received_at
-    base: dict[str, Any] = {
-        "account": account,
-        "raw": update.data,
-        "source": update.source,
-        "seq": update.seq,
-        "connection_epoch": update.connection_epoch,
-        "received_at": received_at,
-        "revision": 1,
-        "write_id": write_id,
-        "first_seen_at": received_at,
-        "updated_at": now,
-    }
-    plan = _plan(type(view), schema.STATE_TABLES[update.update_type])
-    row = base | _fields(view, plan)
-    if isinstance(view, Order):
-        prepared = _order_row(update, view, row)
-    elif isinstance(view, Position):
-        prepared = _position_row(update, view, row, (account, view.instrument_token, view.product))
-    elif isinstance(view, Holding):
-        prepared = _state_row(update, row, (account, view.isin))
+    update_type = update.update_type
+    plan = _plan(update_type, schema.STATE_TABLES[update_type])
+    row = _fields(view, plan)  # a new dict: the view's columns, then the bookkeeping columns
+    row.update(
+        account=account,
+        raw=update.data,
+        source=update.source,
+        seq=update.seq,
+        connection_epoch=update.connection_epoch,
+        received_at=received_at,
+        revision=1,
+        write_id=write_id,
+        first_seen_at=received_at,
+        updated_at=now,
+    )
+    if update_type == ORDER:
+        prepared = _order_row(update, view, row, raw_json)
+    elif update_type == POSITION:
+        prepared = _position_row(update, view, row, (account, view.instrument_token, view.product), raw_json)
+    elif update_type == HOLDING:
+        prepared = _state_row(update, row, (account, view.isin), raw_json)
     else:
-        prepared = _gtt_row(update, view, row)
-    _check_lengths(update, prepared.row, plan)
+        prepared = _gtt_row(update, view, row, raw_json)
+    if exact:
+        _check_lengths(update, prepared.row, plan)
     return prepared
 
 
@@ -255,8 +264,9 @@ class _Plan:
 
 
 @lru_cache(maxsize=16)
-def _plan(view_type: type, table: sa.Table) -> _Plan:
-    fields: tuple[str, ...] = view_type.__struct_fields__  # type: ignore[attr-defined]
+def _plan(update_type: str, table: sa.Table) -> _Plan:
+    # The typed view and its constrained twin (validation.fast_view) have the same fields.
+    fields: tuple[str, ...] = TYPED_VIEWS[update_type].__struct_fields__  # type: ignore[attr-defined]
     columns = tuple(f for f in fields if f in table.c)
     money_cols = tuple(f for f in columns if isinstance(table.c[f].type, sa.Numeric))
     limits = tuple(
@@ -288,19 +298,22 @@ def _fields(view: Any, plan: _Plan) -> dict[str, Any]:
     return out
 
 
-def _order_row(update: Update, view: Order, row: dict[str, Any]) -> PreparedRow:
+def _order_row(update: Update, view: Order, row: dict[str, Any], raw_json: str) -> PreparedRow:
     try:
         exchange_ts, exchange_us = _india_time(view.exchange_timestamp)
         order_ts, order_us = _india_time(view.order_timestamp)
     except (ValueError, OverflowError) as exc:  # OverflowError: year 1 India time is year 0 in UTC
         raise _invalid(update, f"bad timestamp: {exc}") from None
-    for name, us in (("exchange_timestamp", exchange_us), ("order_timestamp", order_us)):
-        if us and not _MIN_EPOCH_US <= us <= _MAX_EPOCH_US:
-            raise _invalid(
-                update, f"bad timestamp: {name}={getattr(view, name)!r} is not between 2000 and 2100"
-            )
+    if (exchange_us and not _MIN_EPOCH_US <= exchange_us <= _MAX_EPOCH_US) or (
+        order_us and not _MIN_EPOCH_US <= order_us <= _MAX_EPOCH_US
+    ):
+        for name, us in (("exchange_timestamp", exchange_us), ("order_timestamp", order_us)):
+            if us and not _MIN_EPOCH_US <= us <= _MAX_EPOCH_US:
+                raise _invalid(
+                    update, f"bad timestamp: {name}={getattr(view, name)!r} is not between 2000 and 2100"
+                )
     request_id = 0
-    if view.order_request_id not in (None, ""):
+    if view.order_request_id:  # None and "" mean no request id
         text = str(view.order_request_id).strip()
         if not (text.isascii() and text.isdigit()) or len(text) > 18:
             raise _invalid(update, f"order_request_id={view.order_request_id!r} is not a number")
@@ -314,25 +327,23 @@ def _order_row(update: Update, view: Order, row: dict[str, Any]) -> PreparedRow:
     terminal = status in TERMINAL_ORDER_STATUSES
     rank = STATUS_RANK.get(status, 0)
     filled = view.filled_quantity or 0
+    # Every field is in range by now (validated; struct.error would reject the update otherwise).
     version = _ORDER_VERSION.pack(
-        terminal,
-        _clamp(event_us),
-        _clamp(filled),
-        request_id,
-        rank,
-        _clamp(update.received_at_us),
-        _clamp(update.seq),
+        terminal, event_us, filled, request_id, rank, update.received_at_us, update.seq
     )
-    row["exchange_timestamp"] = exchange_ts
-    row["order_timestamp"] = order_ts
-    row["is_terminal"] = terminal
-    row["event_ts"] = event_ts
-    row["status_rank"] = rank
-    row["version"] = version
+    row.update(
+        exchange_timestamp=exchange_ts,
+        order_timestamp=order_ts,
+        is_terminal=terminal,
+        event_ts=event_ts,
+        status_rank=rank,
+        version=version,
+    )
     state = (status, filled, request_id, exchange_us, order_us)
+    account, order_id = row["account"], view.order_id
     event = {
-        "account": row["account"],
-        "order_id": view.order_id,
+        "account": account,
+        "order_id": order_id,
         "state_id": hashlib.sha1(repr(state).encode(), usedforsecurity=False).hexdigest(),
         "status": view.status,
         "filled_quantity": view.filled_quantity,
@@ -343,28 +354,32 @@ def _order_row(update: Update, view: Order, row: dict[str, Any]) -> PreparedRow:
         "order_timestamp": order_ts,
         "event_ts": event_ts,
         "status_message": view.status_message,
-        "raw": update.data,
-        "source": update.source,
-        "seq": update.seq,
+        "raw": row["raw"],
+        "source": row["source"],
+        "seq": row["seq"],
         "received_at": row["received_at"],
     }
-    return PreparedRow(ORDER, (row["account"], view.order_id), version, row, event)
+    return PreparedRow(ORDER, (account, order_id), version, row, event, raw_json)
 
 
-def _state_row(update: Update, row: dict[str, Any], key: tuple[str, ...], progress: int = 0) -> PreparedRow:
+def _state_row(
+    update: Update, row: dict[str, Any], key: tuple[str, ...], raw_json: str, progress: int = 0
+) -> PreparedRow:
     """Holding (and GTT, with *progress* = finished rules): ``(progress, received_at_us, seq)``."""
     version = _STATE_VERSION.pack(min(progress, 255) << 56 | update.received_at_us, update.seq)
     row["version"] = version
-    return PreparedRow(update.update_type, key, version, row)
+    return PreparedRow(update.update_type, key, version, row, None, raw_json)
 
 
-def _position_row(update: Update, view: Position, row: dict[str, Any], key: tuple[str, ...]) -> PreparedRow:
+def _position_row(
+    update: Update, view: Position, row: dict[str, Any], key: tuple[str, ...], raw_json: str
+) -> PreparedRow:
     """``(India trading date, day traded quantity, received_at_us, seq)`` (see the module docstring)."""
     day = (update.received_at_us + _INDIA_OFFSET_US) // _DAY_US
     traded = min((view.day_buy_quantity or 0) + (view.day_sell_quantity or 0), _MAX_U48)
     version = _POSITION_VERSION.pack(day << 48 | traded, update.received_at_us, update.seq)
     row["version"] = version
-    return PreparedRow(POSITION, key, version, row)
+    return PreparedRow(POSITION, key, version, row, None, raw_json)
 
 
 def finished_rules(view: GttOrder) -> int:
@@ -374,7 +389,7 @@ def finished_rules(view: GttOrder) -> int:
     )
 
 
-def _gtt_row(update: Update, view: GttOrder, row: dict[str, Any]) -> PreparedRow:
+def _gtt_row(update: Update, view: GttOrder, row: dict[str, Any], raw_json: str) -> PreparedRow:
     for name in ("created_at", "expires_at"):
         value = getattr(view, name)
         if value is not None and not _MIN_EPOCH_US <= value <= _MAX_EPOCH_US:
@@ -384,7 +399,7 @@ def _gtt_row(update: Update, view: GttOrder, row: dict[str, Any]) -> PreparedRow
         expires_at=epoch_us_to_utc(view.expires_at),
         rules=update.data.get("rules") or [],
     )
-    return _state_row(update, row, (row["account"], view.gtt_order_id), finished_rules(view))
+    return _state_row(update, row, (row["account"], view.gtt_order_id), raw_json, finished_rules(view))
 
 
 def _check_lengths(update: Update, row: dict[str, Any], plan: _Plan) -> None:

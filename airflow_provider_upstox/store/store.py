@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import partial
 from typing import Any
 
 import msgspec
@@ -239,20 +238,19 @@ class PortfolioStore:
                     upsert_states, insert_ignore = _writers(conn, write_id)
                     inserted = updated = ignored = new_events = 0
                     pg = conn.dialect.name == "postgresql"
+                    event_batch = [events[k] for k in sorted(events)]
                     for update_type, table in schema.STATE_TABLES.items():
+                        batch = [winners[update_type][k] for k in sorted(winners[update_type])]
                         if pg and update_type == ORDER:
-                            counts, new_events = _pg_orders(conn, winners[ORDER], events)
+                            counts, new_events = _pg_orders(conn, batch, event_batch)
                         else:
-                            batch = [winners[update_type][k].row for k in sorted(winners[update_type])]
                             counts = upsert_states(table, schema.KEY_COLUMNS[update_type], batch)
                         inserted += counts.inserted
                         updated += counts.updated
                         ignored += counts.ignored
                     if not pg:
                         new_events = insert_ignore(
-                            schema.order_events,
-                            ("account", "order_id", "state_id"),
-                            [events[k].event for k in sorted(events)],  # type: ignore[misc]
+                            schema.order_events, ("account", "order_id", "state_id"), event_batch
                         )
                     if rejects:
                         conn.execute(schema.rejected_updates.insert(), rejects)
@@ -260,7 +258,7 @@ class PortfolioStore:
                         upsert.upsert_progress(
                             conn,
                             schema.stream_progress,
-                            [_without(progress[k], "last_received_us") for k in sorted(progress)],
+                            [_progress_row(progress[k]) for k in sorted(progress)],
                         )
                 return ApplyResult(inserted, updated, ignored + duplicates, len(rejects), new_events)
             except DBAPIError as exc:
@@ -277,7 +275,7 @@ class PortfolioStore:
             # READ COMMITTED avoids InnoDB gap locks between writers upserting neighbouring keys; the
             # rule is evaluated on the locked current row, so it needs no stronger isolation.
             conn = conn.execution_options(isolation_level="READ COMMITTED")
-        return _Tx(conn)
+        return _Tx(conn, immediate=conn.dialect.name == "sqlite")
 
     # ------------------------------------------------------------------ state read
     def read_state(self, account: str) -> dict[str, dict[str, dict[str, Any]]]:
@@ -335,53 +333,76 @@ class PortfolioStore:
             )
 
 
-_UpsertStates = Callable[[sa.Table, Sequence[str], list[dict[str, Any]]], upsert.WriteCounts]
-_InsertIgnore = Callable[[sa.Table, Sequence[str], list[dict[str, Any]]], int]
+#: Writers of prepared rows (state rows, or the ``event`` of each for the events table).
+_UpsertStates = Callable[[sa.Table, Sequence[str], list[rows.PreparedRow]], upsert.WriteCounts]
+_InsertIgnore = Callable[[sa.Table, Sequence[str], list[rows.PreparedRow]], int]
 
 
 def _writers(conn: Connection, write_id: int) -> tuple[_UpsertStates, _InsertIgnore]:
     """The batch writers for *conn*'s dialect, all inside *conn*'s open transaction.
 
-    PostgreSQL and SQLite use the driver-level statements of :mod:`.bulk` (the speed path); MySQL
-    and MariaDB the SQLAlchemy upserts of :mod:`.upsert`. Both enforce the same rule in SQL.
+    PostgreSQL and SQLite use the driver-level statements of :mod:`.bulk` (the speed path, which
+    also reuses the ``raw`` JSON text validation encoded); MySQL and MariaDB the SQLAlchemy upserts
+    of :mod:`.upsert`. Both enforce the same rule in SQL.
     """
     name = conn.dialect.name
     if name in ("postgresql", "sqlite"):
         raw = conn.connection.driver_connection
-        if name == "postgresql":
-            return partial(bulk.pg_upsert_states, raw), partial(bulk.pg_insert_ignore, raw)
-        return partial(bulk.sqlite_upsert_states, raw), partial(bulk.sqlite_insert_ignore, raw)
+        pg = name == "postgresql"
+        bulk_upsert = bulk.pg_upsert_states if pg else bulk.sqlite_upsert_states
+        bulk_ignore = bulk.pg_insert_ignore if pg else bulk.sqlite_insert_ignore
+
+        def bulk_states(
+            table: sa.Table, key_cols: Sequence[str], batch: list[rows.PreparedRow]
+        ) -> upsert.WriteCounts:
+            return bulk_upsert(raw, table, key_cols, [p.row for p in batch], [p.raw_json for p in batch])
+
+        def bulk_events(table: sa.Table, key_cols: Sequence[str], batch: list[rows.PreparedRow]) -> int:
+            sources = [p for p in batch if p.event is not None]
+            return bulk_ignore(raw, table, key_cols, _events(sources), [p.raw_json for p in sources])
+
+        return bulk_states, bulk_events
 
     def upsert_states(
-        table: sa.Table, key_cols: Sequence[str], batch: list[dict[str, Any]]
+        table: sa.Table, key_cols: Sequence[str], batch: list[rows.PreparedRow]
     ) -> upsert.WriteCounts:
-        return upsert.upsert_states(conn, table, key_cols, batch, write_id)
+        return upsert.upsert_states(conn, table, key_cols, [p.row for p in batch], write_id)
 
-    return upsert_states, partial(upsert.insert_ignore, conn)
+    def insert_ignore(table: sa.Table, key_cols: Sequence[str], batch: list[rows.PreparedRow]) -> int:
+        return upsert.insert_ignore(conn, table, key_cols, _events(batch))
+
+    return upsert_states, insert_ignore
+
+
+def _events(batch: list[rows.PreparedRow]) -> list[dict[str, Any]]:
+    return [p.event for p in batch if p.event is not None]
 
 
 def _pg_orders(
-    conn: Connection,
-    winners: dict[tuple[str, ...], rows.PreparedRow],
-    events: dict[tuple[str, str, str], rows.PreparedRow],
+    conn: Connection, batch: list[rows.PreparedRow], event_batch: list[rows.PreparedRow]
 ) -> tuple[upsert.WriteCounts, int]:
-    """PostgreSQL: winning order states and new events in one statement (see :func:`.bulk.pg_write_orders`).
+    """PostgreSQL: winning order states and new events in one statement (:func:`.bulk.pg_write_orders`).
 
     Every event's values equal its source update's order row, so one payload entry per update
     serves both tables, flagged as winner and/or event source.
     """
-    entries: list[tuple[tuple[str, ...], int, dict[str, Any], str, bool, bool]] = []
-    for key, prepared in events.items():
-        is_winner = winners.get(prepared.key) is prepared
-        entries.append((key, 0, prepared.row, key[2], is_winner, True))
-    for prepared in winners.values():
+    winners = {p.key: p for p in batch}
+    entries: list[tuple[tuple[str, ...], int, dict[str, Any], str | None, str, bool, bool]] = []
+    event_sources = set()
+    for prepared in event_batch:
         state_id: str = prepared.event["state_id"]  # type: ignore[index]
         key = (prepared.key[0], prepared.key[1], state_id)
-        if events[key] is not prepared:  # its state was seen first in another update of the batch
-            entries.append((key, 1, prepared.row, state_id, True, False))
+        event_sources.add(id(prepared))
+        is_winner = winners.get(prepared.key) is prepared
+        entries.append((key, 0, prepared.row, prepared.raw_json, state_id, is_winner, True))
+    for prepared in batch:
+        if id(prepared) not in event_sources:  # its state was seen first in another update of the batch
+            state_id = prepared.event["state_id"]  # type: ignore[index]
+            key = (prepared.key[0], prepared.key[1], state_id)
+            entries.append((key, 1, prepared.row, prepared.raw_json, state_id, True, False))
     entries.sort(key=lambda e: (e[0], e[1]))
-    ordered = [(row, state_id, w, e) for _, _, row, state_id, w, e in entries]
-    return bulk.pg_write_orders(conn.connection.driver_connection, ordered, len(winners))
+    ordered = [(row, raw, state_id, w, e) for _, _, row, raw, state_id, w, e in entries]
+    return bulk.pg_write_orders(conn.connection.driver_connection, ordered, len(batch))
 
 
 @contextmanager
@@ -403,13 +424,28 @@ def _driver_errors(conn: Connection) -> Iterator[None]:
 
 
 class _Tx:
-    """``with`` block: one transaction on *conn*, committed on success, closed always."""
+    """``with`` block: one transaction on *conn*, committed on success, closed always.
 
-    def __init__(self, conn: Connection) -> None:
+    :param immediate: SQLite: take the write lock at once (``BEGIN IMMEDIATE``; the busy timeout
+        queues writers), so nothing changes between the stored-key count of
+        :func:`.bulk.sqlite_upsert_states` and its write, and a writer never has to upgrade a read
+        snapshot another writer has made stale.
+    """
+
+    def __init__(self, conn: Connection, *, immediate: bool = False) -> None:
         self.conn = conn
+        self.immediate = immediate
 
     def __enter__(self) -> Connection:
         self.conn.begin()
+        if self.immediate:
+            try:
+                driver = self.conn.connection.driver_connection
+                if not driver.in_transaction:  # type: ignore[union-attr]
+                    driver.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+            except BaseException:
+                self.conn.close()
+                raise
         return self.conn
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -454,8 +490,7 @@ def _track(
             "account": account,
             "stream_key": key,
             "last_seq": update.seq,
-            "last_received_at": update.received_at,
-            "last_received_us": update.received_at_us,  # compared instead of building datetimes
+            "last_received": update,  # the latest received; its datetime is built once, when written
             "batches": 1,
             "updates": 0,
             "updated_at": now,
@@ -463,13 +498,15 @@ def _track(
     entry["updates"] += 1
     if update.seq > entry["last_seq"]:
         entry["last_seq"] = update.seq
-    if update.received_at_us > entry["last_received_us"]:
-        entry["last_received_us"] = update.received_at_us
-        entry["last_received_at"] = update.received_at
+    if update.received_at_us > entry["last_received"].received_at_us:
+        entry["last_received"] = update
 
 
-def _without(row: dict[str, Any], key: str) -> dict[str, Any]:
-    return {k: v for k, v in row.items() if k != key}
+def _progress_row(entry: dict[str, Any]) -> dict[str, Any]:
+    """The ``upstox_stream_progress`` row of a :func:`_track` entry (the entry is left as is)."""
+    row = {k: v for k, v in entry.items() if k != "last_received"}
+    row["last_received_at"] = entry["last_received"].received_at
+    return row
 
 
 def _retryable(exc: DBAPIError) -> bool:

@@ -47,6 +47,17 @@ class WriteCounts:
     ignored: int
 
 
+def counts_from_revisions(revisions: Sequence[int], n_rows: int) -> WriteCounts:
+    """Counts of an upsert of *n_rows* rows from the ``revision`` of each row it wrote.
+
+    A written row with revision 1 was inserted, any other was updated (a newer state); the rows
+    not written were stale or duplicates. Shared by every path that reads revisions back
+    (``RETURNING`` here and in :mod:`.bulk`, the keyed read-back on MySQL).
+    """
+    inserted = sum(1 for r in revisions if r == 1)
+    return WriteCounts(inserted, len(revisions) - inserted, n_rows - len(revisions))
+
+
 def _is_mysql(conn: Connection) -> bool:
     return conn.dialect.name in ("mysql", "mariadb")
 
@@ -80,9 +91,7 @@ def upsert_states(
         stmt = ins.on_conflict_do_update(
             index_elements=list(key_cols), set_=set_, where=excluded.version > table.c.version
         ).returning(table.c.revision)
-        revisions = [r[0] for r in conn.execute(stmt, rows)]
-        inserted = sum(1 for r in revisions if r == 1)
-        return WriteCounts(inserted, len(revisions) - inserted, count - len(revisions))
+        return counts_from_revisions([r[0] for r in conn.execute(stmt, rows)], count)
 
     new = ins.inserted
     newer = new.version > table.c.version
@@ -114,8 +123,7 @@ def _read_back(
             table.c[first] == account, cond, table.c.write_id == write_id
         )
         revisions.extend(r[0] for r in conn.execute(stmt))
-    inserted = sum(1 for r in revisions if r == 1)
-    return WriteCounts(inserted, len(revisions) - inserted, len(rows) - len(revisions))
+    return counts_from_revisions(revisions, len(rows))
 
 
 def insert_ignore(

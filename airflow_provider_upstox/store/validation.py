@@ -9,13 +9,19 @@ never fail the batch either.
 
 from __future__ import annotations
 
+import operator
+import types
+import typing
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Final
+from typing import Annotated, Any, Final, get_args
 
 import msgspec
+import sqlalchemy as sa
 
 from airflow_provider_upstox.exceptions import InvalidUpdateError
-from airflow_provider_upstox.models.updates import SNAPSHOT, STREAM, Update
+from airflow_provider_upstox.models import updates as _updates
+from airflow_provider_upstox.models.updates import SNAPSHOT, STREAM, TYPED_VIEWS, Update
 from airflow_provider_upstox.store import schema
 
 _MIN_EPOCH_US: Final = 946_684_800_000_000  # 2000-01-01
@@ -41,6 +47,14 @@ def check_envelope(update: Update, account: str) -> None:
     seq, received_us, epoch = update.seq, update.received_at_us, update.connection_epoch
     if type(seq) is not int or type(received_us) is not int or type(epoch) is not int:
         raise invalid(update, "seq, received_at_us and connection_epoch must be integers")
+    if (
+        0 <= seq <= _MAX_I64
+        and _MIN_EPOCH_US <= received_us <= _MAX_EPOCH_US
+        and 0 <= epoch <= _MAX_I32
+        and update.source in _SOURCES
+        and _ACCOUNTS_OK.get(account)  # type: ignore[call-overload]
+    ):
+        return  # the common case, in one expression; anything else takes the naming checks below
     if not 0 <= seq <= _MAX_I64:
         raise invalid(update, f"seq={seq!r} is out of range (0 to 2**63-1)")
     if not _MIN_EPOCH_US <= received_us <= _MAX_EPOCH_US:
@@ -54,6 +68,12 @@ def check_envelope(update: Update, account: str) -> None:
     problem = account_problem(account)
     if problem is not None:
         raise invalid(update, problem)
+    if type(account) is str and len(_ACCOUNTS_OK) < 1024:
+        _ACCOUNTS_OK[account] = True
+
+
+#: Accounts that passed :func:`account_problem` (a batch repeats one or a few; bounded).
+_ACCOUNTS_OK: dict[str, bool] = {}
 
 
 def account_problem(account: object) -> str | None:
@@ -79,11 +99,13 @@ def _not_unicode(text: str) -> bool:
     return False
 
 
-def check_text(update: Update) -> None:
+def check_text(update: Update) -> bytes:
     """Reject data no database can store as sent: a NUL character, text that is not valid Unicode.
 
     One C-level JSON encoding of ``data`` finds both (an unencodable value raises; U+0000 comes out
     escaped); only a hit walks the data in Python to name the field.
+
+    :returns: that encoding (the ``raw`` column's JSON text, so the writers need not encode it again).
     """
     data = update.data
     if not isinstance(data, dict):
@@ -100,6 +122,85 @@ def check_text(update: Update) -> None:
                 f"{where} contains a NUL character (U+0000), which PostgreSQL text and JSON cannot "
                 "store; the update is rejected on every backend",
             )
+    return encoded
+
+
+# ------------------------------------------------------------------------------ fast typed views
+#: Magnitude limit of the typed views' numbers. The rules below mirror ``models.updates``
+#: (``_check_ranges``), reading its constants so the two cannot drift apart silently.
+_MAX_ABS: Final = int(_updates._MAX_ABS_NUMBER)
+
+
+class FastView(typing.NamedTuple):
+    """A constrained twin of a typed view (see :func:`fast_view`)."""
+
+    struct: type[msgspec.Struct]
+    keys: Callable[[Any], tuple[Any, ...]]  # key text fields that must not be blank
+
+
+def _constrained(name: str, tp: Any, column: sa.Column[Any] | None) -> Any:
+    """*tp* (one member of a field's union) with the checks :func:`typed_view` and the store make."""
+    if tp is str and column is not None:
+        limit = TEXT_LIMIT if isinstance(column.type, sa.Text) else getattr(column.type, "length", None)
+        return Annotated[str, msgspec.Meta(max_length=limit)] if limit else str
+    if tp is float and name not in _updates._EPOCH_FIELDS:
+        return Annotated[float, msgspec.Meta(ge=-_MAX_ABS, le=_MAX_ABS)]  # NaN fails both bounds
+    if tp is int and name in _updates._EPOCH_FIELDS:
+        return Annotated[int, msgspec.Meta(ge=_MIN_EPOCH_US, le=_MAX_EPOCH_US)]
+    if tp is int:
+        unsigned = name.endswith("quantity") and name not in _updates._SIGNED_QUANTITIES
+        return Annotated[int, msgspec.Meta(ge=0 if unsigned else -_MAX_ABS, le=_MAX_ABS)]
+    return tp
+
+
+def _build_fast_view(update_type: str) -> FastView:
+    view_type = TYPED_VIEWS[update_type]
+    table = schema.STATE_TABLES[update_type]
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []  # same order as the view's fields
+    keys: list[str] = []
+    for info in msgspec.structs.fields(view_type):
+        union = typing.get_origin(info.type) in (typing.Union, types.UnionType)
+        members = get_args(info.type) if union else (info.type,)
+        column = table.c.get(info.name)
+        tp: Any = typing.Union.__getitem__(tuple(_constrained(info.name, m, column) for m in members))
+        if info.default is not msgspec.NODEFAULT:
+            fields.append((info.name, tp, info.default))
+        elif info.default_factory is not msgspec.NODEFAULT:
+            fields.append((info.name, tp, msgspec.field(default_factory=info.default_factory)))
+        else:
+            fields.append((info.name, tp))  # required
+        if info.name in _updates._KEY_TEXT_FIELDS and str in members:
+            keys.append(info.name)
+    struct = msgspec.defstruct(f"Fast{view_type.__name__}", fields, kw_only=True)
+    get = operator.attrgetter(*keys)
+    return FastView(struct, get if len(keys) > 1 else (lambda v: (get(v),)))
+
+
+_FAST_VIEWS: Final[dict[str, FastView]] = {t: _build_fast_view(t) for t in TYPED_VIEWS}
+
+
+def fast_view(update: Update) -> Any | None:
+    """``update.data`` as a struct with every field of the typed view, checked in C, or ``None``.
+
+    The twin of :func:`~airflow_provider_upstox.models.updates.typed_view` whose field types carry
+    the checks as ``msgspec`` constraints: the typed view's (numbers finite and within 1e13, no
+    negative quantity) and the store's (text no longer than its column, GTT epochs between 2000
+    and 2100), so that one C-level ``convert`` replaces the per-field Python checks. Only blank key
+    fields are checked here. It accepts nothing the exact path rejects, and its fields hold the
+    same values as the typed view's; on ``None`` the exact path runs and names what is wrong
+    (``tests/store/test_fast_path.py`` checks both on arbitrary input).
+    """
+    fast = _FAST_VIEWS.get(update.update_type)
+    if fast is None:
+        return None
+    try:
+        view = msgspec.convert(update.data, fast.struct, strict=False)
+    except Exception:  # whatever it is, the exact path decides and names it
+        return None
+    for value in fast.keys(view):
+        if value is not None and not value.strip():
+            return None
+    return view
 
 
 def nul_path(value: Any, path: str = "") -> str | None:
