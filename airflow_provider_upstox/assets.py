@@ -158,3 +158,21 @@ def configured_float(name: str, default: float) -> float:
     if value <= 0:
         raise ValueError(f"{name} must be positive, got {text!r}")
     return value
+
+
+def configured_stop_at(default: str = "15:30") -> str | None:
+    """The stream DAG's default ``stop_at``: ``UPSTOX_STOP_AT`` (``HH:MM`` India time, ``off`` for
+    none), else *default* (NSE/BSE close; MCX commodity sessions run to 23:30).
+
+    :raises ValueError: naming the variable when it is set to anything else.
+    """
+    from airflow_provider_upstox.operators._stopping import parse_stop_at
+
+    text = os.environ.get("UPSTOX_STOP_AT", "").strip() or default
+    if text.lower() == "off":
+        return None
+    try:
+        parse_stop_at(text)
+    except ValueError as exc:
+        raise ValueError(f"UPSTOX_STOP_AT: {exc}") from None
+    return text

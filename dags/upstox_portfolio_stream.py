@@ -2,7 +2,8 @@
 
 Which connections: ``UPSTOX_CONN_IDS`` (comma separated; else the Variable ``upstox_conn_ids``;
 else ``upstox_default``). The store: the SQL connection ``UPSTOX_SQL_CONN_ID`` (default
-``upstox_db``). Each run streams until ``stop_at`` (India time, default market close 15:30),
+``upstox_db``). Each run streams until ``stop_at`` (India time, default market close 15:30, or
+``UPSTOX_STOP_AT``: e.g. ``23:30`` for MCX commodity sessions, ``off`` for none),
 ``stop_after_idle_seconds`` without updates, or ``max_batches`` batches, whichever comes first; a
 new run starts right away (``@continuous``). Set any of them in the run's conf::
 
@@ -18,7 +19,12 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param
 
-from airflow_provider_upstox.assets import configured_conn_ids, configured_float, configured_sql_conn_id
+from airflow_provider_upstox.assets import (
+    configured_conn_ids,
+    configured_float,
+    configured_sql_conn_id,
+    configured_stop_at,
+)
 from airflow_provider_upstox.operators.stream import UpstoxPortfolioStreamOperator
 
 with DAG(
@@ -41,7 +47,7 @@ with DAG(
             None, type=["null", "integer"], minimum=1, description="stop after this many persisted batches"
         ),
         "stop_at": Param(
-            "15:30",
+            configured_stop_at(),
             type=["null", "string"],
             description="time of day in Asia/Kolkata at which to stop (HH:MM)",
         ),

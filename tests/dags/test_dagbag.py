@@ -67,3 +67,28 @@ def test_events_catch_up_schedule_can_be_turned_off(monkeypatch: pytest.MonkeyPa
     assert dagbag.import_errors == {}
     events = dagbag.dags["upstox_portfolio_events"]
     assert type(events.timetable).__name__ == "AssetTriggeredTimetable"
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, "15:30"), ("23:30", "23:30"), ("off", None)])
+def test_stream_stop_at_default_from_environment(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, expected: str | None
+) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    if value is None:
+        monkeypatch.delenv("UPSTOX_STOP_AT", raising=False)
+    else:
+        monkeypatch.setenv("UPSTOX_STOP_AT", value)
+    dagbag = DagBag(dag_folder=str(DAGS_DIR / "upstox_portfolio_stream.py"))
+    assert dagbag.import_errors == {}
+    assert dagbag.dags["upstox_portfolio_stream"].params["stop_at"] == expected
+
+
+def test_bad_stop_at_setting_is_a_clear_import_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("UPSTOX_STOP_AT", "after lunch")
+    dagbag = DagBag(dag_folder=str(DAGS_DIR / "upstox_portfolio_stream.py"))
+    (error,) = dagbag.import_errors.values()
+    assert "UPSTOX_STOP_AT" in error
+    assert "HH:MM" in error
