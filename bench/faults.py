@@ -1,8 +1,9 @@
 """Fault matrix: every fault of ``tests/reliability/matrix.py`` end to end, printed as a markdown table.
 
-    python -m bench.faults                  # the full matrix (about 4 minutes)
+    python -m bench.faults                  # the full matrix (about 7 minutes)
     python -m bench.faults --only "reset"   # rows whose name contains the text
     python -m bench.faults --ci             # the smaller CI matrix
+    python -m bench.faults --no-real        # without the two real-Airflow rows (about 3 minutes less)
 
 Each row: a fresh simulator and PostgreSQL database, the real stream operator and trigger driven as
 Airflow drives them, the fault injected while the market runs, then the store compared with the
@@ -10,6 +11,12 @@ simulator's ground truth (see the matrix module for what each figure means). Eve
 scanned for the token and the stream codes the simulator issued (trigger kwargs, event payloads,
 exception texts, log records, the portfolio database). Exit status 1 if any row has a mismatch, a
 duplicate or a leak.
+
+The last rows (``tests/reliability/real_stack.py``) run on a real Airflow stack instead (api-server,
+dag-processor, scheduler on LocalExecutor, triggerer; PostgreSQL metadata DB): the whole triggerer
+killed with SIGKILL and restarted, and the task's process killed with SIGKILL so that Airflow retries
+it. Their leak scan covers everything that Airflow wrote: ``AIRFLOW_HOME`` (task, trigger and process
+logs), every table of the metadata database, and the portfolio database.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="upstox-faults-home-"))
 
-from tests.reliability import matrix
+from tests.reliability import matrix, real_stack
 from tests.reliability.leakscan import Scanner, secrets_of
 
 
@@ -70,6 +77,28 @@ async def _main(args: argparse.Namespace) -> int:
         )
         for problem in row.problems[:5]:
             print(f"    {problem}", file=sys.stderr)
+    if not args.no_real:
+        real = real_stack.REAL_FAULTS
+        for real_fault in [
+            f for f in real if (not args.ci or f.ci) and (not args.only or args.only in f.name)
+        ]:
+            real_row = await asyncio.to_thread(real_stack.run_row, real_fault, seed=args.seed, rate=args.rate)
+            try:
+                scanner = await asyncio.to_thread(real_stack.scan_row, real_row)
+            finally:
+                real_row.cleanup()
+            leaks += [f"{real_fault.name}: {hit}" for hit in scanner.hits]
+            rows.append(real_row)
+            recover = "not recovered" if real_row.recover_s is None else f"{real_row.recover_s:.1f} s"
+            print(
+                f"{real_fault.name}: mismatches {real_row.mismatches}, duplicates {real_row.duplicates}, "
+                f"recovered in {recover}, leaks {len(scanner.hits)} ({scanner.places} files/rows/texts "
+                f"scanned); {real_row.extras}",
+                file=sys.stderr,
+                flush=True,
+            )
+            for problem in real_row.problems[:5]:
+                print(f"    {problem}", file=sys.stderr)
     print()
     print(matrix.markdown_table(rows))
     print()
@@ -92,6 +121,7 @@ def main() -> None:
     parser.add_argument("--only", help="only rows whose name contains this text")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rate", type=float, default=40.0, help="market updates per second")
+    parser.add_argument("--no-real", action="store_true", help="skip the rows on a real Airflow stack")
     sys.exit(asyncio.run(_main(parser.parse_args())))
 
 
