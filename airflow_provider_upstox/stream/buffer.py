@@ -18,7 +18,7 @@ import asyncio
 from collections import deque
 from collections.abc import Iterable
 
-from airflow_provider_upstox.models.updates import Update
+from airflow_provider_upstox.models.updates import Update, now_us
 
 
 class BufferClosedError(Exception):
@@ -187,7 +187,8 @@ class UpdateBuffer:
         return update
 
     async def get_batch(self, max_items: int, max_wait: float, timeout: float | None = None) -> list[Update]:
-        """Up to *max_items* updates: waits for the first, then up to *max_wait* s for the batch to fill.
+        """Up to *max_items* updates: waits for the first, then until *max_wait* s after the oldest
+        buffered update arrived (its ``received_at_us``) for the batch to fill.
 
         :param timeout: longest wait for the first update; ``[]`` when it passes (``None``: forever).
         Raises like :meth:`get` when nothing is buffered.
@@ -218,5 +219,11 @@ class UpdateBuffer:
             and self._error is None
             and not self._closed
         ):
-            await self._wait(want, max_wait, max_bytes)
+            # The wait counts from the oldest buffered update's arrival, not from this call: updates
+            # that queued while nobody was asking (a deferral hand-off, a busy consumer) have
+            # already waited, and waiting max_wait again would only add latency.
+            age = (now_us() - self.items[0].received_at_us) / 1e6
+            remaining = max_wait - age if age > 0 else max_wait
+            if remaining > 0:
+                await self._wait(want, remaining, max_bytes)
         return self._take(max_items, max_bytes)

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 from websockets.asyncio.server import ServerConnection
 
-from airflow_provider_upstox.models.updates import Update, encode_updates
+from airflow_provider_upstox.models.updates import Update, encode_updates, now_us
 from airflow_provider_upstox.simulator.model import MarketModel
 from airflow_provider_upstox.stream import FrameDecodeError, decode_frame
 from airflow_provider_upstox.stream.buffer import UpdateBuffer
@@ -97,3 +97,30 @@ async def test_fragmented_message_between_small_frames_keeps_order() -> None:
     expected = [f"A{i}" for i in range(50)] + ["F"] + [f"B{i}" for i in range(50)]
     assert [u.data["order_id"] for u in updates] == expected
     assert client.stats.connects == 1
+
+
+async def test_batch_wait_counts_from_the_oldest_buffered_update() -> None:
+    """Updates that queued while nobody asked (a deferral hand-off, a busy consumer) have waited
+    already: the batch goes at once instead of waiting ``max_wait`` again. A fresh update still
+    waits ``max_wait`` for company."""
+    loop = asyncio.get_running_loop()
+    buffer = UpdateBuffer(1000)
+    old = [Update(update_type="order", data={"order_id": "old"}, seq=1, received_at_us=now_us() - 2_000_000)]
+    buffer.extend(old, [100])
+    start = loop.time()
+    batch, _ = await buffer.get_sized_batch(500, 1.0)
+    assert [u.seq for u in batch] == [1]
+    assert loop.time() - start < 0.1
+
+    half = [Update(update_type="order", data={"order_id": "h"}, seq=2, received_at_us=now_us() - 400_000)]
+    buffer.extend(half, [100])
+    start = loop.time()
+    await buffer.get_sized_batch(500, 1.0)
+    assert 0.45 < loop.time() - start < 0.9  # the remaining ~0.6 s, not 1 s
+
+    buffer.extend(
+        [Update(update_type="order", data={"order_id": "new"}, seq=3, received_at_us=now_us())], [100]
+    )
+    start = loop.time()
+    await buffer.get_sized_batch(500, 0.3)
+    assert loop.time() - start >= 0.25
