@@ -317,7 +317,9 @@ TYPED_VIEWS: Final[dict[str, type[msgspec.Struct]]] = {
     GTT_ORDER: GttOrder,
 }
 
-_MAX_ABS_NUMBER = 1e13  # larger than any price, value or quantity an Indian retail account sees
+# The validation rules' constants (MAX_ABS_NUMBER, KEY_TEXT_FIELDS, EPOCH_FIELDS, SIGNED_QUANTITIES)
+# are public because store.validation builds its C-checked twin of the typed views from them.
+MAX_ABS_NUMBER = 1e13  # larger than any price, value or quantity an Indian retail account sees
 
 
 def typed_view(update: Update) -> Order | Position | Holding | GttOrder:
@@ -337,11 +339,11 @@ def typed_view(update: Update) -> Order | Position | Holding | GttOrder:
     return view  # type: ignore[return-value]
 
 
-_KEY_TEXT_FIELDS: Final = frozenset(
+KEY_TEXT_FIELDS: Final = frozenset(
     {"order_id", "isin", "gtt_order_id", "instrument_token", "product", "status"}
 )
 _PLAIN_TYPES: Final = frozenset({str, bool, type(None)})
-_EPOCH_FIELDS: Final = ("created_at", "expires_at")
+EPOCH_FIELDS: Final = ("created_at", "expires_at")
 
 
 class _RangePlan(NamedTuple):
@@ -368,13 +370,13 @@ def _range_plan(cls: type[msgspec.Struct]) -> _RangePlan:
         fields, numbers, unsigned, keys = [], [], [], []
         for info in msgspec.structs.fields(cls):
             types = set(get_args(info.type)) or {info.type}
-            if info.name in _KEY_TEXT_FIELDS or not types <= _PLAIN_TYPES:
+            if info.name in KEY_TEXT_FIELDS or not types <= _PLAIN_TYPES:
                 fields.append(info.name)
-            if types <= {int, float, type(None)} and info.name not in _EPOCH_FIELDS:
+            if types <= {int, float, type(None)} and info.name not in EPOCH_FIELDS:
                 numbers.append(info.name)
-                if int in types and info.name.endswith("quantity") and info.name not in _SIGNED_QUANTITIES:
+                if int in types and info.name.endswith("quantity") and info.name not in SIGNED_QUANTITIES:
                     unsigned.append(info.name)
-            elif types <= {str, type(None)} and info.name in _KEY_TEXT_FIELDS:
+            elif types <= {str, type(None)} and info.name in KEY_TEXT_FIELDS:
                 keys.append(info.name)
         plan = _RangePlan(tuple(fields), _getter(numbers), _getter(unsigned), _getter(keys))
         _RANGE_PLANS[cls] = plan
@@ -385,7 +387,7 @@ def _all_in_range(view: msgspec.Struct, plan: _RangePlan) -> bool:
     """Fast pre-check: True only if :func:`_check_ranges`'s loop would find nothing to reject."""
     numbers = [v for v in plan.numbers(view) if v is not None]
     if numbers and not (
-        math.isfinite(sum(numbers)) and max(numbers) <= _MAX_ABS_NUMBER and min(numbers) >= -_MAX_ABS_NUMBER
+        math.isfinite(sum(numbers)) and max(numbers) <= MAX_ABS_NUMBER and min(numbers) >= -MAX_ABS_NUMBER
     ):
         return False
     unsigned = [v for v in plan.unsigned(view) if v is not None]
@@ -408,7 +410,7 @@ def _check_ranges(view: msgspec.Struct, update: Update) -> None:
             )
         if (
             isinstance(value, (int, float))
-            and abs(value) > _MAX_ABS_NUMBER
+            and abs(value) > MAX_ABS_NUMBER
             and field not in ("created_at", "expires_at")
         ):
             raise InvalidUpdateError(
@@ -418,7 +420,7 @@ def _check_ranges(view: msgspec.Struct, update: Update) -> None:
             isinstance(value, int)
             and value < 0
             and field.endswith("quantity")
-            and field not in _SIGNED_QUANTITIES
+            and field not in SIGNED_QUANTITIES
         ):
             raise InvalidUpdateError(
                 f"{field}={value!r} is negative", update_type=update.update_type, key=update.key
@@ -432,7 +434,7 @@ def _check_ranges(view: msgspec.Struct, update: Update) -> None:
 
 
 # A short position has a negative net quantity; overnight quantity can be negative too.
-_SIGNED_QUANTITIES: Final = frozenset({"quantity", "overnight_quantity"})
+SIGNED_QUANTITIES: Final = frozenset({"quantity", "overnight_quantity"})
 
 
 def parse_india_time(value: str | None) -> datetime | None:

@@ -128,7 +128,7 @@ def check_text(update: Update) -> bytes:
 # ------------------------------------------------------------------------------ fast typed views
 #: Magnitude limit of the typed views' numbers. The rules below mirror ``models.updates``
 #: (``_check_ranges``), reading its constants so the two cannot drift apart silently.
-_MAX_ABS: Final = int(_updates._MAX_ABS_NUMBER)
+_MAX_ABS: Final = int(_updates.MAX_ABS_NUMBER)
 
 
 class FastView(typing.NamedTuple):
@@ -143,12 +143,12 @@ def _constrained(name: str, tp: Any, column: sa.Column[Any] | None) -> Any:
     if tp is str and column is not None:
         limit = TEXT_LIMIT if isinstance(column.type, sa.Text) else getattr(column.type, "length", None)
         return Annotated[str, msgspec.Meta(max_length=limit)] if limit else str
-    if tp is float and name not in _updates._EPOCH_FIELDS:
+    if tp is float and name not in _updates.EPOCH_FIELDS:
         return Annotated[float, msgspec.Meta(ge=-_MAX_ABS, le=_MAX_ABS)]  # NaN fails both bounds
-    if tp is int and name in _updates._EPOCH_FIELDS:
+    if tp is int and name in _updates.EPOCH_FIELDS:
         return Annotated[int, msgspec.Meta(ge=_MIN_EPOCH_US, le=_MAX_EPOCH_US)]
     if tp is int:
-        unsigned = name.endswith("quantity") and name not in _updates._SIGNED_QUANTITIES
+        unsigned = name.endswith("quantity") and name not in _updates.SIGNED_QUANTITIES
         return Annotated[int, msgspec.Meta(ge=0 if unsigned else -_MAX_ABS, le=_MAX_ABS)]
     return tp
 
@@ -169,7 +169,7 @@ def _build_fast_view(update_type: str) -> FastView:
             fields.append((info.name, tp, msgspec.field(default_factory=info.default_factory)))
         else:
             fields.append((info.name, tp))  # required
-        if info.name in _updates._KEY_TEXT_FIELDS and str in members:
+        if info.name in _updates.KEY_TEXT_FIELDS and str in members:
             keys.append(info.name)
     struct = msgspec.defstruct(f"Fast{view_type.__name__}", fields, kw_only=True)
     get = operator.attrgetter(*keys)
