@@ -60,10 +60,26 @@ def _step_2_position_version(conn: Connection) -> None:
         )
 
 
+def _step_3_case_sensitive_keys(conn: Connection) -> None:
+    """MySQL/MariaDB: compare text case-sensitively (``utf8mb4_bin``), as PostgreSQL and SQLite do.
+
+    The server's default collation (``utf8mb4_general_ci`` and kin) makes ``"gtt-1"`` and ``"GTT-1"``
+    one key, so two objects whose ids differ only in case would share a row and their states would
+    overwrite each other. Converting to a binary collation only splits keys, never merges them, so
+    it cannot fail on existing rows. Re-runnable (converting a converted table changes nothing).
+    """
+    if conn.dialect.name in ("mysql", "mariadb"):
+        for table in schema.metadata.sorted_tables:
+            conn.exec_driver_sql(
+                f"ALTER TABLE {table.name} CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+            )
+
+
 #: (version, description, step). Append only; never edit a released step.
 MIGRATIONS: Final[list[tuple[int, str, Callable[[Connection], None]]]] = [
     (1, "initial schema", _step_1_initial),
     (2, "24-byte position version (trading day, day traded quantity)", _step_2_position_version),
+    (3, "case-sensitive text keys on MySQL/MariaDB", _step_3_case_sensitive_keys),
 ]
 assert MIGRATIONS[-1][0] == schema.SCHEMA_VERSION
 

@@ -31,7 +31,7 @@ from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Dialect
 
 #: Bump together with a new entry in ``migrations.MIGRATIONS``.
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 
 class UTCDateTime(sa.TypeDecorator[dt.datetime]):

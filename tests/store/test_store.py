@@ -321,3 +321,17 @@ def test_progress_is_recorded_with_the_batch(store: PortfolioStore) -> None:
     assert progress["state"] == {"watermark": 42}
     assert progress["batches"] == 2
     assert store.get_progress(ACC, "other") is None
+
+
+def test_keys_differing_only_in_case_are_different_objects(store: PortfolioStore) -> None:
+    """PostgreSQL and SQLite compare text exactly; MariaDB's default collation would make these one
+    row (schema version 3 converts the store's tables to ``utf8mb4_bin``)."""
+    gtt_lower = upd("gtt_order", {**GTT, "gtt_order_id": "gtt-c25abc"}, recv=1)
+    gtt_upper = upd("gtt_order", {**GTT, "gtt_order_id": "GTT-C25ABC", "quantity": 9}, recv=2)
+    result = store.apply([gtt_lower, gtt_upper], account=ACC)
+    assert (result.inserted, result.updated, result.ignored) == (2, 0, 0)
+    rows = state_rows(store, schema.gtt_orders, ACC)
+    assert {k: r["quantity"] for k, r in rows.items()} == {
+        ("gtt-c25abc",): GTT["quantity"],
+        ("GTT-C25ABC",): 9,
+    }
