@@ -35,7 +35,14 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     tags=["upstox"],
-    default_args={"retries": 3, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
+    # Airflow 3 reads retry_exponential_backoff as a multiplier (True would be 1: no backoff):
+    # retries after 30-60 s, 60-120 s, 120-240 s.
+    default_args={
+        "retries": 3,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=5),
+    },
     params={
         "stop_after_idle_seconds": Param(
             None,

@@ -28,6 +28,8 @@ def test_one_task_and_one_watcher_per_account(dagbag) -> None:
     assert sorted(stream.task_ids) == ["stream__upstox_default", "stream__upstox_second"]
     assert stream.max_active_runs == 1
     assert set(stream.params) >= {"stop_after_idle_seconds", "max_batches", "stop_at"}
+    for task in stream.tasks:  # a real backoff: Airflow 3 reads True as a multiplier of 1
+        assert (task.retries, task.retry_exponential_backoff) == (3, 2.0)
 
     events = dagbag.dags["upstox_portfolio_events"]
     assert events.max_active_runs == 1
