@@ -51,6 +51,20 @@ class _Capture(logging.Handler):
             self.lines.append(f"{record.name} <unformattable>")
 
 
+def _report(name: str, row: matrix.RowResult, scanner: Scanner, detail: str = "") -> list[str]:
+    """Print one row's outcome as it finishes (stderr); returns its secret hits, named by the row."""
+    recover = "not recovered" if row.recover_s is None else f"{row.recover_s:.1f} s"
+    print(
+        f"{name}: mismatches {row.mismatches}, duplicates {row.duplicates}, "
+        f"recovered in {recover}, leaks {len(scanner.hits)}{detail}",
+        file=sys.stderr,
+        flush=True,
+    )
+    for problem in row.problems[:5]:
+        print(f"    {problem}", file=sys.stderr)
+    return [f"{name}: {hit}" for hit in scanner.hits]
+
+
 async def _main(args: argparse.Namespace) -> int:
     faults = [f for f in matrix.FAULTS if (not args.ci or f.ci) and (not args.only or args.only in f.name)]
     capture = _Capture()
@@ -65,18 +79,9 @@ async def _main(args: argparse.Namespace) -> int:
         scanner.scan_texts(row.texts)
         scanner.scan_text("log records", "\n".join(capture.lines))
         scanner.scan_database(row.store_url, name="portfolio")
-        leaks += [f"{fault.name}: {hit}" for hit in scanner.hits]
         matrix.drop_database(row.store_url)
+        leaks += _report(fault.name, row, scanner)
         rows.append(row)
-        recover = "not recovered" if row.recover_s is None else f"{row.recover_s:.1f} s"
-        print(
-            f"{fault.name}: mismatches {row.mismatches}, duplicates {row.duplicates}, "
-            f"recovered in {recover}, leaks {len(scanner.hits)}",
-            file=sys.stderr,
-            flush=True,
-        )
-        for problem in row.problems[:5]:
-            print(f"    {problem}", file=sys.stderr)
     if not args.no_real:
         real = real_stack.REAL_FAULTS
         for real_fault in [
@@ -87,18 +92,9 @@ async def _main(args: argparse.Namespace) -> int:
                 scanner = await asyncio.to_thread(real_stack.scan_row, real_row)
             finally:
                 real_row.cleanup()
-            leaks += [f"{real_fault.name}: {hit}" for hit in scanner.hits]
+            detail = f" ({scanner.places} files/rows/texts scanned); {real_row.extras}"
+            leaks += _report(real_fault.name, real_row, scanner, detail)
             rows.append(real_row)
-            recover = "not recovered" if real_row.recover_s is None else f"{real_row.recover_s:.1f} s"
-            print(
-                f"{real_fault.name}: mismatches {real_row.mismatches}, duplicates {real_row.duplicates}, "
-                f"recovered in {recover}, leaks {len(scanner.hits)} ({scanner.places} files/rows/texts "
-                f"scanned); {real_row.extras}",
-                file=sys.stderr,
-                flush=True,
-            )
-            for problem in real_row.problems[:5]:
-                print(f"    {problem}", file=sys.stderr)
     print()
     print(matrix.markdown_table(rows))
     print()

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -115,19 +115,33 @@ def compare_with_simulator(engine: sa.Engine, state: Mapping[str, Any]) -> list[
             continue
         if int(row.quantity or 0) != int(pos.get("quantity") or 0):
             problems.append(f"position {key}: stored {row.quantity}, truth {pos.get('quantity')}")
-    sent: Counter[tuple[str, str, int, str]] = Counter()
+    for key, (count, sent) in duplicated_order_states(state, event_rows).items():
+        problems.append(f"order state {key} stored {count} times, sent {sent}")
+    return problems
+
+
+#: An order state as both sides name it: (order_id, status, filled quantity, order_request_id).
+OrderState = tuple[str, str, int, str]
+
+
+def duplicated_order_states(
+    state: Mapping[str, Any], event_rows: Iterable[Any]
+) -> dict[OrderState, tuple[int, int]]:
+    """Order states stored in ``upstox_order_events`` more often than the simulator sent them.
+
+    Anything stored counts as sent at least once: a snapshot can bring a state the socket never
+    delivered. :returns: ``{state: (times stored, times sent)}``.
+    """
+    sent: Counter[OrderState] = Counter()
     for order_id, info in state["orders"].items():
         for h in info["history"]:
             sent[
                 (order_id, h["status"], int(h.get("filled_quantity") or 0), str(h.get("order_request_id")))
             ] += 1
-    got: Counter[tuple[str, str, int, str]] = Counter(
+    got: Counter[OrderState] = Counter(
         (r.order_id, r.status, int(r.filled_quantity or 0), str(r.order_request_id)) for r in event_rows
     )
-    for key, count in got.items():
-        if count > max(sent.get(key, 0), 1):
-            problems.append(f"order state {key} stored {count} times, sent {sent.get(key, 0)}")
-    return problems
+    return {key: (n, sent.get(key, 0)) for key, n in got.items() if n > max(sent.get(key, 0), 1)}
 
 
 def reconciliation_runs(engine: sa.Engine) -> list[dict[str, Any]]:

@@ -39,7 +39,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -51,6 +51,7 @@ import tenacity
 from airflow_provider_upstox.models.updates import decode_updates
 from airflow_provider_upstox.simulator import RunningSimulator, run_simulator_in_thread
 from airflow_provider_upstox.stream.backoff import exponential_backoff
+from tests.e2e.harness import duplicated_order_states, sql_connection_json
 
 log = logging.getLogger(__name__)
 
@@ -430,8 +431,6 @@ def _configure_trigger() -> None:
 
 
 def _connections(sim: RunningSimulator, store_url: str) -> None:
-    from tests.e2e.harness import sql_connection_json
-
     os.environ["AIRFLOW_CONN_UPSTOX_DEFAULT"] = json.dumps(
         {
             "conn_type": "upstox",
@@ -472,20 +471,11 @@ def compare(store_url: str, state: dict[str, Any]) -> tuple[list[str], int]:
                     elif stored[key] != fields:
                         problems.append(f"{update_type} {key}: stored {stored[key]}, truth {fields}")
             events = sa.Table("upstox_order_events", md, autoload_with=conn)
-            got = Counter(
-                (r.order_id, r.status, int(r.filled_quantity or 0), str(r.order_request_id))
-                for r in conn.execute(sa.select(events).where(events.c.account == account))
-            )
+            event_rows = list(conn.execute(sa.select(events).where(events.c.account == account)))
     finally:
         engine.dispose()
-    sent: Counter[tuple[str, str, int, str]] = Counter()
-    for order_id, info in state["orders"].items():
-        for h in info["history"]:
-            sent[
-                (order_id, h["status"], int(h.get("filled_quantity") or 0), str(h.get("order_request_id")))
-            ] += 1
-    duplicates = sum(max(0, n - max(sent.get(k, 0), 1)) for k, n in got.items())
-    return problems, duplicates
+    excess = duplicated_order_states(state, event_rows)
+    return problems, sum(stored - max(sent, 1) for stored, sent in excess.values())
 
 
 async def run_row(
