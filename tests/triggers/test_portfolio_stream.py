@@ -79,19 +79,21 @@ async def test_unacknowledged_batch_is_re_emitted_to_the_next_instance(
 ) -> None:
     """Bug 2: a try that dies between the event and its commit must get the batch again on retry."""
 
-    def make(acked_seq: int | None) -> UpstoxPortfolioStreamTrigger:
+    def make(acked_seq: int | None, idle_timeout: float) -> UpstoxPortfolioStreamTrigger:
         return UpstoxPortfolioStreamTrigger(
-            mode="deferral", max_batch_wait=0.05, idle_timeout=0.5, acked_seq=acked_seq
+            mode="deferral", max_batch_wait=0.05, idle_timeout=idle_timeout, acked_seq=acked_seq
         )
 
-    async def one(acked_seq: int | None) -> dict[str, Any]:
-        trigger = make(acked_seq)
+    async def one(acked_seq: int | None, idle_timeout: float = 0.5) -> dict[str, Any]:
+        trigger = make(acked_seq, idle_timeout)
         events = [e.payload async for e in trigger.run()]
         await trigger.cleanup()
         assert len(events) == 1
         return events[0]
 
-    snapshot = await one(0)  # first deferral of a try: a fresh connection, snapshot first
+    # First deferral of a try: a fresh connection, snapshot first. Profile, authorize, connect and
+    # four REST snapshots come before its first update: 0.5 s was too short on a loaded CI machine.
+    snapshot = await one(0, idle_timeout=5.0)
     assert snapshot["status"] == "batch"
     acked = max(u.seq for u in decode_updates(snapshot["updates"]))
     sim_process.control.step(20)
