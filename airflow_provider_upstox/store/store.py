@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Final, NamedTuple
 
 import msgspec
 import sqlalchemy as sa
@@ -90,6 +91,8 @@ class PortfolioStore:
         self.engine = engine
         self._migrated = False
         self._lock = threading.Lock()
+        #: PostgreSQL through psycopg 3: orders are streamed to a COPY stage (:class:`_OrderStream`).
+        self._pg_copy = _uses_pg_copy(engine.dialect)
         if engine.dialect.name == "sqlite":
             sa.event.listen(engine, "connect", _sqlite_on_connect)
 
@@ -146,33 +149,47 @@ class PortfolioStore:
         accepted: list[tuple[Update, rows.PreparedRow]] = []
         rejects: list[dict[str, Any]] = []
         progress: dict[str, dict[str, Any]] = {}
-        for update in batch:
-            account_id = rows.resolve_account(update, account)
-            if account_id is None and update.update_type in rows.STORED_TYPES and update.update_type != ORDER:
-                key = update.key if isinstance(update.data, dict) else None
-                raise ValueError(
-                    f"{update.update_type} update {key!r} has no account: pass apply(account=...) "
-                    "(the Upstox user id of the connection); Upstox does not send it in these messages"
-                )
-            try:
-                if update.update_type not in rows.STORED_TYPES:
-                    raise InvalidUpdateError(
-                        "unknown update type: no table stores it", update_type=update.update_type
+        stream: _OrderStream | None = None
+        try:
+            for update in batch:
+                account_id = rows.resolve_account(update, account)
+                if (
+                    account_id is None
+                    and update.update_type in rows.STORED_TYPES
+                    and update.update_type != ORDER
+                ):
+                    key = update.key if isinstance(update.data, dict) else None
+                    raise ValueError(
+                        f"{update.update_type} update {key!r} has no account: pass apply(account=...) "
+                        "(the Upstox user id of the connection); Upstox does not send it in these messages"
                     )
-                if account_id is None:
-                    raise InvalidUpdateError(
-                        "no account: no user_id and none given", update_type=ORDER, key=update.key
-                    )
-                prepared = rows.prepare(update, account_id, now, write_id)
-            except InvalidUpdateError as exc:
-                rejects.append(validation.reject_row(update, account_id, str(exc), now))
-                continue
-            _track(progress, prepared.row["account"], update, stream_key, now)
-            accepted.append((update, prepared))
+                try:
+                    if update.update_type not in rows.STORED_TYPES:
+                        raise InvalidUpdateError(
+                            "unknown update type: no table stores it", update_type=update.update_type
+                        )
+                    if account_id is None:
+                        raise InvalidUpdateError(
+                            "no account: no user_id and none given", update_type=ORDER, key=update.key
+                        )
+                    prepared = rows.prepare(update, account_id, now, write_id)
+                except InvalidUpdateError as exc:
+                    rejects.append(validation.reject_row(update, account_id, str(exc), now))
+                    continue
+                _track(progress, prepared.row["account"], update, stream_key, now)
+                accepted.append((update, prepared))
+                if self._pg_copy and prepared.state_id is not None:
+                    if stream is None:
+                        stream = _OrderStream(self)
+                    stream.add(prepared)
+        except BaseException:
+            if stream is not None:
+                stream.close()
+            raise
         for reject in rejects:
             log.warning("Rejected %s", reject["error"])
         try:
-            return self._write(*_collect(accepted), rejects, progress, write_id)
+            return self._write([p for _, p in accepted], rejects, progress, write_id, stream)
         except sa.exc.DataError as exc:
             log.warning(
                 "The database refused a value of a batch of %d updates (%s); isolating the update(s) "
@@ -204,7 +221,7 @@ class PortfolioStore:
             if not items:
                 return ApplyResult()
             try:
-                return self._write(*_collect(items), [], {}, write_id)
+                return self._write([p for _, p in items], [], {}, write_id)
             except sa.exc.DataError as exc:
                 if len(items) == 1:
                     refused.append((items[0][0], items[0][1], str(exc.orig).splitlines()[0][:500]))
@@ -219,53 +236,62 @@ class PortfolioStore:
             )
             log.warning("Rejected %s", error)
             rejects.append(validation.reject_row(update, prepared.row["account"], str(error), now))
-        empty: dict[str, dict[tuple[str, ...], rows.PreparedRow]] = {t: {} for t in schema.STATE_TABLES}
-        tail = self._write(empty, {}, 0, rejects, progress, write_id)
+        tail = self._write([], rejects, progress, write_id)
         return total + tail
 
     def _write(
         self,
-        winners: dict[str, dict[tuple[str, ...], rows.PreparedRow]],
-        events: dict[tuple[str, str, str], rows.PreparedRow],
-        duplicates: int,
+        accepted: list[rows.PreparedRow],
         rejects: list[dict[str, Any]],
         progress: dict[str, dict[str, Any]],
         write_id: int,
+        stream: _OrderStream | None = None,
     ) -> ApplyResult:
+        """Write *accepted*, *rejects* and *progress* in one transaction, retried on lock conflicts.
+
+        :param stream: the batch's orders already staged in an open transaction (PostgreSQL); its
+            transaction serves the first attempt, a retry stages them again.
+        """
+        winners, events, duplicates = _collect(accepted)
         for attempt in range(1, _RETRY_ATTEMPTS + 1):
+            stage: bulk.PgOrderStage | None = None
+            if stream is not None and not stream.failed:
+                tx, stage = stream.tx, stream.stage
+            else:
+                tx = self._begin()
+            streamed, stream = stage is not None, None  # a retry starts afresh
             try:
-                with self._begin() as conn, _driver_errors(conn):
-                    upsert_states, insert_ignore = _writers(conn, write_id)
-                    inserted = updated = ignored = new_events = 0
-                    pg = conn.dialect.name == "postgresql"
-                    event_batch = [events[k] for k in sorted(events)]
+                with tx as conn, _driver_errors(conn):
+                    writers = _writers(conn, write_id, stage)
+                    order_winners = [winners[ORDER][k] for k in sorted(winners[ORDER])]
+                    counts, new_events = writers.orders(
+                        order_winners, [events[k] for k in sorted(events)], accepted, duplicates[ORDER]
+                    )
+                    inserted, updated, ignored = counts.inserted, counts.updated, counts.ignored
                     for update_type, table in schema.STATE_TABLES.items():
+                        if update_type == ORDER:
+                            continue
                         batch = [winners[update_type][k] for k in sorted(winners[update_type])]
-                        if pg and update_type == ORDER:
-                            counts, new_events = _pg_orders(conn, batch, event_batch)
-                        else:
-                            counts = upsert_states(table, schema.KEY_COLUMNS[update_type], batch)
+                        counts = writers.states(table, schema.KEY_COLUMNS[update_type], batch)
                         inserted += counts.inserted
                         updated += counts.updated
-                        ignored += counts.ignored
-                    if not pg:
-                        new_events = insert_ignore(
-                            schema.order_events, ("account", "order_id", "state_id"), event_batch
-                        )
+                        ignored += counts.ignored + duplicates[update_type]
                     if rejects:
                         conn.execute(schema.rejected_updates.insert(), rejects)
                     if progress:
-                        upsert.upsert_progress(
-                            conn,
-                            schema.stream_progress,
-                            [_progress_row(progress[k]) for k in sorted(progress)],
-                        )
-                return ApplyResult(inserted, updated, ignored + duplicates, len(rejects), new_events)
+                        writers.progress([_progress_row(progress[k]) for k in sorted(progress)])
+                return ApplyResult(inserted, updated, ignored, len(rejects), new_events)
             except DBAPIError as exc:
-                if attempt == _RETRY_ATTEMPTS or not _retryable(exc):
+                if stage is not None:
+                    stage.abort()
+                # The streamed attempt's connection was opened before validation: if it is gone
+                # (server restart, idle timeout), the batch is written again on a new one.
+                lost = streamed and exc.connection_invalidated
+                if attempt == _RETRY_ATTEMPTS or not (lost or _retryable(exc)):
                     raise
                 delay = min(0.02 * 2**attempt, 1.0) * random.uniform(0.5, 1.0)
-                log.info("Store batch hit a lock conflict (attempt %d), retrying in %.3fs", attempt, delay)
+                reason = "lost its connection" if lost else "hit a lock conflict"
+                log.info("Store batch %s (attempt %d), retrying in %.3fs", reason, attempt, delay)
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -333,45 +359,111 @@ class PortfolioStore:
             )
 
 
-#: Writers of prepared rows (state rows, or the ``event`` of each for the events table).
+#: Writes the winning states of one table (unique per key, sorted by key); returns their counts.
 _UpsertStates = Callable[[sa.Table, Sequence[str], list[rows.PreparedRow]], upsert.WriteCounts]
-_InsertIgnore = Callable[[sa.Table, Sequence[str], list[rows.PreparedRow]], int]
 
 
-def _writers(conn: Connection, write_id: int) -> tuple[_UpsertStates, _InsertIgnore]:
-    """The batch writers for *conn*'s dialect, all inside *conn*'s open transaction.
+class _Writers(NamedTuple):
+    """The batch writers of one connection, all inside its open transaction."""
 
-    PostgreSQL and SQLite use the driver-level statements of :mod:`.bulk` (the speed path, which
-    also reuses the ``raw`` JSON text validation encoded); MySQL and MariaDB the SQLAlchemy upserts
-    of :mod:`.upsert`. Both enforce the same rule in SQL.
+    #: Orders and their events: ``(winners, events, accepted, in-batch duplicates)`` -> the counts
+    #: over every accepted order update, and how many events were new.
+    orders: Callable[
+        [list[rows.PreparedRow], list[rows.PreparedRow], list[rows.PreparedRow], int],
+        tuple[upsert.WriteCounts, int],
+    ]
+    #: Positions, holdings and GTT orders.
+    states: _UpsertStates
+    progress: Callable[[list[dict[str, Any]]], None]
+
+
+def _writers(conn: Connection, write_id: int, stage: bulk.PgOrderStage | None = None) -> _Writers:
+    """The batch writers for *conn*'s dialect and driver.
+
+    SQLite and PostgreSQL through psycopg 3 use the driver-level statements of :mod:`.bulk` (the
+    speed path, which also reuses the ``raw`` JSON text validation encoded); MySQL, MariaDB and
+    PostgreSQL through another driver (psycopg2, pg8000...) the SQLAlchemy upserts of :mod:`.upsert`.
+    All enforce the same rule in SQL.
+
+    :param stage: PostgreSQL: the batch's orders, already staged (:class:`_OrderStream`).
     """
     name = conn.dialect.name
-    if name in ("postgresql", "sqlite"):
-        raw = conn.connection.driver_connection
-        pg = name == "postgresql"
-        bulk_upsert = bulk.pg_upsert_states if pg else bulk.sqlite_upsert_states
-        bulk_ignore = bulk.pg_insert_ignore if pg else bulk.sqlite_insert_ignore
+    raw = conn.connection.driver_connection
 
-        def bulk_states(
+    def driver_progress(progress_rows: list[dict[str, Any]]) -> None:
+        bulk.upsert_progress(raw, name, progress_rows)
+
+    if _uses_pg_copy(conn.dialect):
+
+        def pg_orders(
+            winners: list[rows.PreparedRow],
+            events: list[rows.PreparedRow],
+            accepted: list[rows.PreparedRow],
+            duplicates: int,
+        ) -> tuple[upsert.WriteCounts, int]:
+            # The stage holds every accepted order update and picks winners and events itself.
+            return _pg_orders(conn, stage, accepted)
+
+        def pg_states(
             table: sa.Table, key_cols: Sequence[str], batch: list[rows.PreparedRow]
         ) -> upsert.WriteCounts:
-            return bulk_upsert(raw, table, key_cols, [p.row for p in batch], [p.raw_json for p in batch])
+            return bulk.pg_upsert_states(
+                raw, table, key_cols, [p.row for p in batch], [p.raw_json for p in batch]
+            )
 
-        def bulk_events(table: sa.Table, key_cols: Sequence[str], batch: list[rows.PreparedRow]) -> int:
-            sources = [p for p in batch if p.event is not None]
-            return bulk_ignore(raw, table, key_cols, _events(sources), [p.raw_json for p in sources])
+        return _Writers(pg_orders, pg_states, driver_progress)
 
-        return bulk_states, bulk_events
+    if name == "sqlite":
+
+        def sqlite_orders(
+            winners: list[rows.PreparedRow],
+            events: list[rows.PreparedRow],
+            accepted: list[rows.PreparedRow],
+            duplicates: int,
+        ) -> tuple[upsert.WriteCounts, int]:
+            counts, new_events = bulk.sqlite_write_orders(
+                raw,
+                [(p.row, p.raw_json) for p in winners],
+                [(p.row, p.raw_json, p.state_id) for p in events],  # type: ignore[misc]
+            )
+            return _plus_ignored(counts, duplicates), new_events
+
+        def sqlite_states(
+            table: sa.Table, key_cols: Sequence[str], batch: list[rows.PreparedRow]
+        ) -> upsert.WriteCounts:
+            return bulk.sqlite_upsert_states(
+                raw, table, key_cols, [p.row for p in batch], [p.raw_json for p in batch]
+            )
+
+        return _Writers(sqlite_orders, sqlite_states, driver_progress)
 
     def upsert_states(
         table: sa.Table, key_cols: Sequence[str], batch: list[rows.PreparedRow]
     ) -> upsert.WriteCounts:
         return upsert.upsert_states(conn, table, key_cols, [p.row for p in batch], write_id)
 
-    def insert_ignore(table: sa.Table, key_cols: Sequence[str], batch: list[rows.PreparedRow]) -> int:
-        return upsert.insert_ignore(conn, table, key_cols, _events(batch))
+    def orders(
+        winners: list[rows.PreparedRow],
+        events: list[rows.PreparedRow],
+        accepted: list[rows.PreparedRow],
+        duplicates: int,
+    ) -> tuple[upsert.WriteCounts, int]:
+        counts = upsert_states(schema.orders, schema.KEY_COLUMNS[ORDER], winners)
+        new_events = upsert.insert_ignore(conn, schema.order_events, _EVENT_KEY, _events(events))
+        return _plus_ignored(counts, duplicates), new_events
 
-    return upsert_states, insert_ignore
+    def progress(progress_rows: list[dict[str, Any]]) -> None:
+        upsert.upsert_progress(conn, schema.stream_progress, progress_rows)
+
+    return _Writers(orders, upsert_states, progress)
+
+
+_EVENT_KEY: Final = ("account", "order_id", "state_id")
+
+
+def _plus_ignored(counts: upsert.WriteCounts, duplicates: int) -> upsert.WriteCounts:
+    """*counts* with the updates that lost to another of the batch counted as ignored."""
+    return upsert.WriteCounts(counts.inserted, counts.updated, counts.ignored + duplicates)
 
 
 def _events(batch: list[rows.PreparedRow]) -> list[dict[str, Any]]:
@@ -379,30 +471,64 @@ def _events(batch: list[rows.PreparedRow]) -> list[dict[str, Any]]:
 
 
 def _pg_orders(
-    conn: Connection, batch: list[rows.PreparedRow], event_batch: list[rows.PreparedRow]
+    conn: Connection, stage: bulk.PgOrderStage | None, accepted: list[rows.PreparedRow]
 ) -> tuple[upsert.WriteCounts, int]:
-    """PostgreSQL: winning order states and new events in one statement (:func:`.bulk.pg_write_orders`).
+    """PostgreSQL: the batch's order updates from the COPY stage (:class:`.bulk.PgOrderStage`) into
+    ``upstox_orders`` and ``upstox_order_events``.
 
-    Every event's values equal its source update's order row, so one payload entry per update
-    serves both tables, flagged as winner and/or event source.
+    *stage* holds them already when they were streamed during validation; otherwise every accepted
+    order update is staged now, in batch order (the stage picks winners and events itself).
     """
-    winners = {p.key: p for p in batch}
-    entries: list[tuple[tuple[str, ...], int, dict[str, Any], str | None, str, bool, bool]] = []
-    event_sources = set()
-    for prepared in event_batch:
-        state_id: str = prepared.event["state_id"]  # type: ignore[index]
-        key = (prepared.key[0], prepared.key[1], state_id)
-        event_sources.add(id(prepared))
-        is_winner = winners.get(prepared.key) is prepared
-        entries.append((key, 0, prepared.row, prepared.raw_json, state_id, is_winner, True))
-    for prepared in batch:
-        if id(prepared) not in event_sources:  # its state was seen first in another update of the batch
-            state_id = prepared.event["state_id"]  # type: ignore[index]
-            key = (prepared.key[0], prepared.key[1], state_id)
-            entries.append((key, 1, prepared.row, prepared.raw_json, state_id, True, False))
-    entries.sort(key=lambda e: (e[0], e[1]))
-    ordered = [(row, raw, state_id, w, e) for _, _, row, raw, state_id, w, e in entries]
-    return bulk.pg_write_orders(conn.connection.driver_connection, ordered, len(batch))
+    if stage is None:
+        stage = bulk.PgOrderStage(conn.connection.driver_connection)
+        for prepared in accepted:
+            if prepared.state_id is not None:
+                stage.add(prepared.row, prepared.raw_json, prepared.state_id)
+    return stage.write()
+
+
+class _OrderStream:
+    """PostgreSQL (psycopg 3): the first write attempt of a batch, opened at its first order update.
+
+    Each accepted order is COPYed to the stage while ``apply()`` validates the rest, so the server
+    parses rows while Python works (the largest single cost of a batch, the ``raw`` JSON, overlaps
+    with validation). If streaming fails (the connection broke), the transaction is rolled back and
+    the batch is written after validation, as on the other backends.
+    """
+
+    def __init__(self, store: PortfolioStore) -> None:
+        self.tx = store._begin()
+        self.failed = False
+        try:
+            conn = self.tx.__enter__()
+            self.stage = bulk.PgOrderStage(conn.connection.driver_connection)
+        except BaseException:
+            self.tx.__exit__(RuntimeError, None, None)
+            raise
+
+    def add(self, prepared: rows.PreparedRow) -> None:
+        if self.failed:
+            return
+        try:
+            self.stage.add(prepared.row, prepared.raw_json, prepared.state_id)  # type: ignore[arg-type]
+        except Exception:
+            log.info("Streaming orders to the COPY stage failed; writing after validation", exc_info=True)
+            self.close()
+
+    def close(self) -> None:
+        """Abandon the stream: end the COPY and roll its transaction back (never raises)."""
+        self.failed = True
+        self.stage.abort()
+        try:
+            self.tx.__exit__(RuntimeError, None, None)
+        except Exception:
+            log.debug("Rolling back an abandoned stream failed", exc_info=True)
+
+
+def _uses_pg_copy(dialect: sa.Dialect) -> bool:
+    """PostgreSQL through psycopg 3 (binary COPY with typed dumpers); psycopg2 and others take the
+    SQLAlchemy path."""
+    return dialect.name == "postgresql" and dialect.driver == "psycopg"
 
 
 @contextmanager
@@ -435,8 +561,12 @@ class _Tx:
     def __init__(self, conn: Connection, *, immediate: bool = False) -> None:
         self.conn = conn
         self.immediate = immediate
+        self._entered = False
 
     def __enter__(self) -> Connection:
+        if self._entered:  # opened early by an _OrderStream
+            return self.conn
+        self._entered = True
         self.conn.begin()
         if self.immediate:
             try:
@@ -459,25 +589,27 @@ class _Tx:
 
 
 def _collect(
-    accepted: list[tuple[Update, rows.PreparedRow]],
+    accepted: list[rows.PreparedRow],
 ) -> tuple[
-    dict[str, dict[tuple[str, ...], rows.PreparedRow]], dict[tuple[str, str, str], rows.PreparedRow], int
+    dict[str, dict[tuple[str, ...], rows.PreparedRow]],
+    dict[tuple[str, str, str], rows.PreparedRow],
+    dict[str, int],
 ]:
     """In-batch de-duplication: the winning state per key (by the version bytes the database
-    compares), the first update of each distinct order state (its event), and how many updates
-    lost to another of the batch."""
+    compares), the first update of each distinct order state (its event), and per update type how
+    many updates lost to another of the batch."""
     winners: dict[str, dict[tuple[str, ...], rows.PreparedRow]] = {t: {} for t in schema.STATE_TABLES}
     events: dict[tuple[str, str, str], rows.PreparedRow] = {}
-    duplicates = 0
-    for _update, prepared in accepted:
+    duplicates = dict.fromkeys(schema.STATE_TABLES, 0)
+    for prepared in accepted:
         table_winners = winners[prepared.update_type]
         current = table_winners.get(prepared.key)
         if current is None or prepared.version > current.version:
             table_winners[prepared.key] = prepared
-        duplicates += current is not None
-        if prepared.event is not None:
-            ev = prepared.event
-            events.setdefault((ev["account"], ev["order_id"], ev["state_id"]), prepared)
+        if current is not None:
+            duplicates[prepared.update_type] += 1
+        if prepared.state_id is not None:
+            events.setdefault((*prepared.key, prepared.state_id), prepared)  # type: ignore[arg-type]
     return winners, events, duplicates
 
 
@@ -525,7 +657,36 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     try:
         cursor.execute("PRAGMA busy_timeout = 30000")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _sqlite_wal(cursor)
         cursor.execute("PRAGMA synchronous = NORMAL")
     finally:
         cursor.close()
+
+
+_WAL_SWITCH_SECONDS: Final = 30.0
+
+
+def _sqlite_wal(cursor: Any) -> None:
+    """Put the database in WAL mode (persistent in the file: a no-op once done).
+
+    Switching a new database's journal mode needs a lock that SQLite does not wait for through the
+    busy timeout: several processes opening a new store at once (tasks starting together) would
+    see ``database is locked``. So the mode is read first, and the switch retried for a while.
+    """
+    deadline = time.monotonic() + _WAL_SWITCH_SECONDS
+    delay = 0.005
+    mode = ""
+    while time.monotonic() < deadline:
+        try:
+            mode = str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+            if mode in ("wal", "memory"):  # an in-memory database has no WAL
+                return
+            mode = str(cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+            if mode == "wal":
+                return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+        time.sleep(delay * random.uniform(0.5, 1.5))
+        delay = min(delay * 2, 0.25)
+    log.warning("SQLite store stays in journal mode %r: WAL could not be enabled", mode or "unknown")
