@@ -220,6 +220,30 @@ def print_summary(rows: list[Row]) -> None:
         "\nGoal (issue 6): apply >= 0.5x a plain executemany INSERT of the same rows into an empty"
         " table, and >= 20,000 updates/s on PostgreSQL."
     )
+    for line in verdicts(rows):
+        print(line)
+
+
+#: The three batch measures the goal is checked on (the scaling rows are reported, not judged).
+_JUDGED = ("apply, all new", "apply, replay (all ignored)", "apply, newer (all updated)")
+
+
+def verdicts(rows: list[Row]) -> list[str]:
+    """One line per backend: the goal checked on the worst of the judged measures of this run."""
+    out = []
+    for backend in dict.fromkeys(b for b, *_ in rows):
+        driver = next(v for b, label, v, _ in rows if b == backend and label.startswith("baseline: driver"))
+        judged = [(label, v) for b, label, v, _ in rows if b == backend and label in _JUDGED]
+        if not judged:
+            continue
+        worst_label, worst = min(judged, key=lambda item: item[1])
+        ratio = worst / driver
+        line = f"{backend}: worst measure '{worst_label}' {worst:,.0f} updates/s = {ratio:.2f}x the driver"
+        checks = [f">= 0.5x: {'met' if ratio >= 0.5 else 'NOT met'}"]
+        if backend == "postgresql":
+            checks.append(f">= 20,000/s: {'met' if worst >= 20_000 else 'NOT met'}")
+        out.append(f"{line} ({'; '.join(checks)})")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,25 +1,26 @@
-"""Driver-level batch writers for PostgreSQL and SQLite: the hot path of ``apply()``.
+"""Driver-level batch writers for PostgreSQL (psycopg 3) and SQLite: the hot path of ``apply()``.
 
 The SQLAlchemy path (:mod:`.upsert`) sends a multi-row ``VALUES`` statement whose text grows with the
-batch: psycopg re-parses that text on every batch (it caches only short queries) and SQLAlchemy
-processes every bind value in Python. Here each table gets ONE short statement whose text never
-changes, so the driver prepares it once per connection:
+batch: the driver re-parses that text on every batch and SQLAlchemy processes every bind value in
+Python. Here every statement's text is fixed, and values travel in the driver's cheapest form.
 
-PostgreSQL: one statement per table and batch, the whole batch ONE JSON parameter (an array of
-row arrays, encoded in C by msgspec, ``raw`` copied as the text validation already encoded) that
-the server turns into rows::
+PostgreSQL: each table's rows go by binary ``COPY`` into a temporary *stage* table of the session
+(typed values, the ``raw`` JSON sent once as the text validation already encoded), then ONE
+statement writes them from the stage::
 
-    INSERT INTO upstox_orders AS t (account, order_id, ...)
-    SELECT (e ->> 0)::text AS account, (e ->> 1)::text AS order_id, ..., (e -> 37) AS raw, ...
-    FROM jsonb_array_elements(%s::jsonb) AS e
-    ON CONFLICT (account, order_id) DO UPDATE SET ... , revision = t.revision + 1, version = excluded.version
-    WHERE excluded.version > t.version
-    RETURNING t.revision
+    COPY upstox_orders_stage_v3 (account, order_id, ..., raw, state_id, ord) FROM STDIN (FORMAT BINARY)
+    WITH ev AS (INSERT INTO upstox_order_events (...) SELECT DISTINCT ON (account, order_id, state_id) ...
+                FROM upstox_orders_stage_v3 ORDER BY ..., ord ON CONFLICT (...) DO NOTHING RETURNING 1),
+         up AS (INSERT INTO upstox_orders AS t (...) SELECT DISTINCT ON (account, order_id) ...
+                FROM upstox_orders_stage_v3 ORDER BY account, order_id, version DESC, ord
+                ON CONFLICT (account, order_id) DO UPDATE SET ..., revision = t.revision + 1
+                WHERE excluded.version > t.version RETURNING t.revision)
+    SELECT <inserted>, <written>, <new events>
 
-Orders and their events go in one such statement over one parsed payload (two data-modifying
-CTEs). Measured against binary ``unnest`` arrays (one parameter per column): no faster on the
-server, and psycopg dumps arrays element by element (~30 us of client CPU per order row, versus
-~2 for the JSON).
+:class:`PgOrderStage` is filled while ``apply()`` is still validating the batch, so the server
+parses the staged rows (its largest cost: ``raw`` into ``jsonb``) while Python works. Measured
+against the previous form, one ``jsonb_array_elements`` payload per batch: the server parsed the
+whole payload into ``jsonb`` and then every column out of it, ~40 % more server time per batch.
 
 SQLite (in-process): the single-row form of the same upsert, ONE ``executemany`` per table and
 batch (sqlite3 binds in C). ``executemany`` returns no rows, so inserts and updates are told apart by
@@ -29,7 +30,6 @@ The ordering rule is the same ``excluded.version > t.version`` condition as in :
 evaluated by the database on the row it has locked, so it still holds under concurrent writers.
 Values are converted exactly as SQLAlchemy's column types would convert them (JSON text,
 timestamps, money), so both paths store identical rows (``tests/store/test_bulk.py`` checks that).
-JSON columns take the text validation already encoded (``PreparedRow.raw_json``) where given.
 """
 
 from __future__ import annotations
