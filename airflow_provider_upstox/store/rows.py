@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import operator
 import struct
 from collections.abc import Callable
@@ -173,6 +174,8 @@ def money(value: float | None) -> Decimal | None:
     cached = _MONEY.get(value)
     if cached is not None and value:  # 0.0 and -0.0 are equal as keys but not as Decimals
         return cached
+    if not value:
+        return _NEGATIVE_ZERO if math.copysign(1.0, value) < 0 else _ZERO
     result = Decimal(repr(value)).quantize(_MONEY_QUANTUM)
     if value:
         if len(_MONEY) >= 8192:
@@ -182,6 +185,8 @@ def money(value: float | None) -> Decimal | None:
 
 
 _MONEY: dict[float, Decimal] = {}
+_ZERO: Final = Decimal("0.000000")
+_NEGATIVE_ZERO: Final = Decimal("-0.000000")
 
 
 @lru_cache(maxsize=4096)
@@ -191,6 +196,24 @@ def _india_time(value: str | None) -> tuple[datetime | None, int]:
         return None, 0
     parsed = parse_india_time(value)
     return parsed, _us(parsed)
+
+
+@lru_cache(maxsize=256)
+def _status(status: str) -> tuple[str, bool, int]:
+    """*status* normalised, whether it is terminal, and its :data:`STATUS_RANK` (cached: a few
+    dozen statuses exist)."""
+    normal = status.strip().lower()
+    return normal, normal in TERMINAL_ORDER_STATUSES, STATUS_RANK.get(normal, 0)
+
+
+@lru_cache(maxsize=1024)
+def _request_id(value: str | int) -> int:
+    """``order_request_id`` as a number (it counts modify/cancel requests: "1", "2"...), or -1 if
+    it is not a decimal number of at most 18 digits. Cached: a handful of values repeat."""
+    text = str(value).strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        return -1
+    return int(text)
 
 
 def status_rank(status: str) -> int:
@@ -341,18 +364,15 @@ def _order_row(update: Update, view: Order, row: dict[str, Any], raw_json: str) 
                 )
     request_id = 0
     if view.order_request_id:  # None and "" mean no request id
-        text = str(view.order_request_id).strip()
-        if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        request_id = _request_id(view.order_request_id)
+        if request_id < 0:
             raise _invalid(update, f"order_request_id={view.order_request_id!r} is not a number")
-        request_id = int(text)
     event_ts: datetime | None
     if exchange_ts is not None:
         event_ts, event_us = exchange_ts, exchange_us
     else:
         event_ts, event_us = order_ts, order_us
-    status = view.status.strip().lower()
-    terminal = status in TERMINAL_ORDER_STATUSES
-    rank = STATUS_RANK.get(status, 0)
+    status, terminal, rank = _status(view.status)
     filled = view.filled_quantity or 0
     # Every field is in range by now (validated; struct.error would reject the update otherwise).
     version = _ORDER_VERSION.pack(
