@@ -252,7 +252,8 @@ class PortfolioStore:
         :param stream: the batch's orders already staged in an open transaction (PostgreSQL); its
             transaction serves the first attempt, a retry stages them again.
         """
-        winners, events, duplicates = _collect(accepted)
+        # PostgreSQL's stage picks order winners and events itself (see _pg_orders).
+        winners, events, duplicates = _collect(accepted, orders=not self._pg_copy)
         for attempt in range(1, _RETRY_ATTEMPTS + 1):
             stage: bulk.PgOrderStage | None = None
             if stream is not None and not stream.failed:
@@ -589,7 +590,7 @@ class _Tx:
 
 
 def _collect(
-    accepted: list[rows.PreparedRow],
+    accepted: list[rows.PreparedRow], *, orders: bool = True
 ) -> tuple[
     dict[str, dict[tuple[str, ...], rows.PreparedRow]],
     dict[tuple[str, str, str], rows.PreparedRow],
@@ -597,11 +598,14 @@ def _collect(
 ]:
     """In-batch de-duplication: the winning state per key (by the version bytes the database
     compares), the first update of each distinct order state (its event), and per update type how
-    many updates lost to another of the batch."""
+    many updates lost to another of the batch. With ``orders=False``, order updates are skipped
+    (their winners, events and duplicates are left empty)."""
     winners: dict[str, dict[tuple[str, ...], rows.PreparedRow]] = {t: {} for t in schema.STATE_TABLES}
     events: dict[tuple[str, str, str], rows.PreparedRow] = {}
     duplicates = dict.fromkeys(schema.STATE_TABLES, 0)
     for prepared in accepted:
+        if not orders and prepared.state_id is not None:
+            continue
         table_winners = winners[prepared.update_type]
         current = table_winners.get(prepared.key)
         if current is None or prepared.version > current.version:
