@@ -93,6 +93,13 @@ class PortfolioStore:
         self._lock = threading.Lock()
         #: PostgreSQL through psycopg 3: orders are streamed to a COPY stage (:class:`_OrderStream`).
         self._pg_copy = _uses_pg_copy(engine.dialect)
+        if engine.dialect.name == "postgresql" and not self._pg_copy:
+            log.warning(
+                "Portfolio store on PostgreSQL through %s: batches are written through SQLAlchemy, "
+                "several times slower than through psycopg 3's binary COPY; use a "
+                "postgresql+psycopg:// URL (psycopg 3, which the Postgres provider installs)",
+                engine.dialect.driver,
+            )
         if engine.dialect.name == "sqlite":
             sa.event.listen(engine, "connect", _sqlite_on_connect)
 

@@ -147,11 +147,13 @@ def test_a_column_added_to_the_table_by_a_user_does_not_break_the_stage(pg_store
 
 
 def test_psycopg2_connections_take_the_sqlalchemy_path_and_store_the_same(
-    pg_store: PortfolioStore, postgres_url: str
+    pg_store: PortfolioStore, postgres_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An Airflow Postgres connection may use psycopg2: the store then writes through SQLAlchemy
-    Core, and the stored rows equal those of the COPY path."""
-    legacy = PortfolioStore.from_url(sa.make_url(postgres_url).set(drivername="postgresql+psycopg2"))
+    Core, says so once, and the stored rows equal those of the COPY path."""
+    with caplog.at_level(logging.WARNING):
+        legacy = PortfolioStore.from_url(sa.make_url(postgres_url).set(drivername="postgresql+psycopg2"))
+    assert "through psycopg2" in caplog.text
     try:
         assert not legacy._pg_copy
         batch = _mixed_batch()
