@@ -18,9 +18,9 @@ statement writes them from the stage::
     SELECT <inserted>, <written>, <new events>
 
 :class:`PgOrderStage` is filled while ``apply()`` is still validating the batch, so the server
-parses the staged rows (its largest cost: ``raw`` into ``jsonb``) while Python works. Measured
-against the previous form, one ``jsonb_array_elements`` payload per batch: the server parsed the
-whole payload into ``jsonb`` and then every column out of it, ~40 % more server time per batch.
+parses the staged rows (its largest cost: ``raw`` into ``jsonb``) while Python works. It replaced
+one ``jsonb_array_elements`` payload per batch, which the server parsed whole into ``jsonb`` and
+then split into columns: 18 ms per 500 new orders here, against 14 ms for the COPY and the upsert.
 
 SQLite (in-process): the single-row form of the same upsert, ONE ``executemany`` per table and
 batch (sqlite3 binds in C). ``executemany`` returns no rows, so inserts and updates are told apart by
@@ -75,9 +75,12 @@ def _getter(columns: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, .
 
 
 # ---------------------------------------------------------------------------------------- PostgreSQL
-#: SQL type a value of each SQLAlchemy column type travels as in binary COPY (exact widths: binary
-#: COPY applies no cast; ``varchar(n)`` takes ``text``'s wire format and still refuses a longer value).
 def _pg_copy_type(column: sa.Column[Any]) -> str:
+    """The PostgreSQL type *column*'s values travel as in binary COPY, and its stage column's type.
+
+    Exact widths (binary COPY applies no cast); strings as ``text``, whose wire format ``varchar``
+    shares: the table itself refuses a value longer than its column when the stage is written.
+    """
     t = column.type
     if isinstance(t, sa.JSON):
         return "jsonb"

@@ -206,7 +206,7 @@ def _status(status: str) -> tuple[str, bool, int]:
     return normal, normal in TERMINAL_ORDER_STATUSES, STATUS_RANK.get(normal, 0)
 
 
-@lru_cache(maxsize=1024)
+@lru_cache(maxsize=1024, typed=True)  # typed: True must not hit the entry of 1
 def _request_id(value: str | int) -> int:
     """``order_request_id`` as a number (it counts modify/cancel requests: "1", "2"...), or -1 if
     it is not a decimal number of at most 18 digits. Cached: a handful of values repeat."""

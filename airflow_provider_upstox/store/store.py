@@ -259,8 +259,9 @@ class PortfolioStore:
         :param stream: the batch's orders already staged in an open transaction (PostgreSQL); its
             transaction serves the first attempt, a retry stages them again.
         """
+        pg_copy = self._pg_copy
         # PostgreSQL's stage picks order winners and events itself (see _pg_orders).
-        winners, events, duplicates = _collect(accepted, orders=not self._pg_copy)
+        winners, events, duplicates = _collect(accepted, orders=not pg_copy)
         for attempt in range(1, _RETRY_ATTEMPTS + 1):
             stage: bulk.PgOrderStage | None = None
             if stream is not None and not stream.failed:
@@ -270,7 +271,7 @@ class PortfolioStore:
             streamed, stream = stage is not None, None  # a retry starts afresh
             try:
                 with tx as conn, _driver_errors(conn):
-                    writers = _writers(conn, write_id, stage)
+                    writers = _writers(conn, write_id, pg_copy, stage)
                     order_winners = [winners[ORDER][k] for k in sorted(winners[ORDER])]
                     counts, new_events = writers.orders(
                         order_winners, [events[k] for k in sorted(events)], accepted, duplicates[ORDER]
@@ -295,6 +296,14 @@ class PortfolioStore:
                 # The streamed attempt's connection was opened before validation: if it is gone
                 # (server restart, idle timeout), the batch is written again on a new one.
                 lost = streamed and exc.connection_invalidated
+                if pg_copy and _no_temp_tables(exc):
+                    log.warning(
+                        "The PostgreSQL role may not create temporary tables (TEMPORARY privilege): "
+                        "the store writes through SQLAlchemy from now on, several times slower"
+                    )
+                    self._pg_copy = pg_copy = False
+                    winners, events, duplicates = _collect(accepted)
+                    continue
                 if attempt == _RETRY_ATTEMPTS or not (lost or _retryable(exc)):
                     raise
                 delay = min(0.02 * 2**attempt, 1.0) * random.uniform(0.5, 1.0)
@@ -385,7 +394,9 @@ class _Writers(NamedTuple):
     progress: Callable[[list[dict[str, Any]]], None]
 
 
-def _writers(conn: Connection, write_id: int, stage: bulk.PgOrderStage | None = None) -> _Writers:
+def _writers(
+    conn: Connection, write_id: int, pg_copy: bool, stage: bulk.PgOrderStage | None = None
+) -> _Writers:
     """The batch writers for *conn*'s dialect and driver.
 
     SQLite and PostgreSQL through psycopg 3 use the driver-level statements of :mod:`.bulk` (the
@@ -393,6 +404,7 @@ def _writers(conn: Connection, write_id: int, stage: bulk.PgOrderStage | None = 
     PostgreSQL through another driver (psycopg2, pg8000...) the SQLAlchemy upserts of :mod:`.upsert`.
     All enforce the same rule in SQL.
 
+    :param pg_copy: PostgreSQL through psycopg 3 with temporary tables allowed (the COPY path).
     :param stage: PostgreSQL: the batch's orders, already staged (:class:`_OrderStream`).
     """
     name = conn.dialect.name
@@ -401,7 +413,7 @@ def _writers(conn: Connection, write_id: int, stage: bulk.PgOrderStage | None = 
     def driver_progress(progress_rows: list[dict[str, Any]]) -> None:
         bulk.upsert_progress(raw, name, progress_rows)
 
-    if _uses_pg_copy(conn.dialect):
+    if pg_copy:
 
         def pg_orders(
             winners: list[rows.PreparedRow],
@@ -531,6 +543,13 @@ class _OrderStream:
             self.tx.__exit__(RuntimeError, None, None)
         except Exception:
             log.debug("Rolling back an abandoned stream failed", exc_info=True)
+
+
+def _no_temp_tables(exc: DBAPIError) -> bool:
+    """The role lacks the TEMPORARY privilege (revoked from PUBLIC in some hardened databases)."""
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None)
+    return sqlstate == "42501" and "temporary" in str(orig).lower()
 
 
 def _uses_pg_copy(dialect: sa.Dialect) -> bool:

@@ -18,7 +18,7 @@ from airflow_provider_upstox.store import ApplyResult, PortfolioStore, bulk, row
 from tests.store.helpers import event_keys, state_rows
 from tests.store.histories import order_message
 from tests.store.test_bulk import _mixed_batch, _norm_json, _raw_rows
-from tests.store.test_store import upd
+from tests.store.test_store import HOLDING, upd
 
 
 @pytest.fixture
@@ -165,3 +165,35 @@ def test_psycopg2_connections_take_the_sqlalchemy_path_and_store_the_same(
             assert [_norm_json(r) for r in fast] == [_norm_json(r) for r in slow], table.name
     finally:
         legacy.engine.dispose()
+
+
+def test_a_role_without_temporary_tables_falls_back_to_sqlalchemy(
+    pg_store: PortfolioStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Hardened databases may revoke TEMPORARY from PUBLIC: the stage cannot exist, so the store
+    says so once and writes through SQLAlchemy, losing nothing of the batch that found out."""
+    url = pg_store.engine.url
+    role = f"upx_notemp_{url.database[-8:]}"
+    with pg_store.engine.begin() as conn:
+        conn.exec_driver_sql(f"REVOKE TEMPORARY ON DATABASE {url.database} FROM PUBLIC")
+        conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+        conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA public TO {role}")
+        conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+        conn.exec_driver_sql(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    restricted = PortfolioStore.from_url(url.set(username=role))
+    try:
+        with caplog.at_level(logging.WARNING):
+            first = restricted.apply(
+                [*_orders(40, recv=1), upd("holding", HOLDING, recv=50)], account="NOTEMP"
+            )
+        assert first == ApplyResult(inserted=41, events=40)
+        assert "TEMPORARY privilege" in caplog.text
+        assert not restricted._pg_copy
+        second = restricted.apply(_orders(40, recv=100, status="complete", filled=10), account="NOTEMP")
+        assert second == ApplyResult(updated=40, events=40)
+        assert {r["status"] for r in state_rows(pg_store, schema.orders, "NOTEMP").values()} == {"complete"}
+    finally:
+        restricted.engine.dispose()
+        with pg_store.engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP OWNED BY {role}")
+            conn.exec_driver_sql(f"DROP ROLE {role}")

@@ -292,6 +292,8 @@ def test_missing_account_for_position_raises_and_writes_nothing(store: Portfolio
     with pytest.raises(ValueError, match=re.escape("position update 'NSE_EQ|INE848E01016:D' has no account")):
         store.apply([order(1), upd("position", POSITION, recv=2)])
     assert state_rows(store, schema.orders, ACC) == {}
+    # The batch's connection (on PostgreSQL, mid-COPY when the error came) went back usable.
+    assert store.apply([order(3)]).inserted == 1
 
 
 def test_order_account_resolution(store: PortfolioStore) -> None:
