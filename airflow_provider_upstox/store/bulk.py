@@ -487,26 +487,6 @@ def _sqlite_upsert_packed(
     return WriteCounts(inserted, written - inserted, len(rows) - written)
 
 
-def sqlite_insert_ignore(
-    dbapi_conn: Any,
-    table: sa.Table,
-    key_cols: Sequence[str],
-    rows: list[dict[str, Any]],
-    raws: Sequence[str | None] | None = None,
-) -> int:
-    """Insert *rows* with one ``executemany``, skipping keys already present; returns how many were new."""
-    if not rows:
-        return 0
-    columns = tuple(rows[0])
-    sql, pack = _sqlite_plan(table, columns, tuple(key_cols), False)
-    cur = dbapi_conn.cursor()
-    try:
-        cur.executemany(sql, _sqlite_params(rows, pack, raws))
-        return int(max(cur.rowcount, 0))
-    finally:
-        cur.close()
-
-
 @lru_cache(maxsize=16)
 def _sqlite_event_plan(
     order_columns: tuple[str, ...],

@@ -487,7 +487,7 @@ def _plus_ignored(counts: upsert.WriteCounts, duplicates: int) -> upsert.WriteCo
 
 
 def _events(batch: list[rows.PreparedRow]) -> list[dict[str, Any]]:
-    return [p.event for p in batch if p.event is not None]
+    return [e for e in (p.event for p in batch) if e is not None]
 
 
 def _pg_orders(
