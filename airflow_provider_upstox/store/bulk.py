@@ -75,32 +75,32 @@ def _getter(columns: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, .
 
 
 # ---------------------------------------------------------------------------------------- PostgreSQL
+#: SQLAlchemy column type -> PostgreSQL type, first match wins (narrower integers before Integer).
+_PG_COPY_TYPES: Final[tuple[tuple[type[sa.types.TypeEngine[Any]], str], ...]] = (
+    (sa.JSON, "jsonb"),
+    (sa.LargeBinary, "bytea"),
+    (sa.Boolean, "bool"),
+    (sa.SmallInteger, "int2"),
+    (sa.BigInteger, "int8"),
+    (sa.Integer, "int4"),
+    (sa.Numeric, "numeric"),
+)
+
+
 def _pg_copy_type(column: sa.Column[Any]) -> str:
     """The PostgreSQL type *column*'s values travel as in binary COPY, and its stage column's type.
 
     Exact widths (binary COPY applies no cast); strings as ``text``, whose wire format ``varchar``
     shares: the table itself refuses a value longer than its column when the stage is written.
     """
-    t = column.type
-    if isinstance(t, sa.JSON):
-        return "jsonb"
-    if isinstance(t, sa.LargeBinary):
-        return "bytea"
-    if isinstance(t, sa.Boolean):
-        return "bool"
-    if isinstance(t, sa.SmallInteger):
-        return "int2"
-    if isinstance(t, sa.BigInteger):
-        return "int8"
-    if isinstance(t, sa.Integer):
-        return "int4"
-    if isinstance(t, sa.Numeric):
-        return "numeric"
+    for sa_type, pg_type in _PG_COPY_TYPES:
+        if isinstance(column.type, sa_type):
+            return pg_type
     if _is_datetime(column):
         return "timestamptz"
-    if isinstance(t, sa.String):
+    if isinstance(column.type, sa.String):
         return "text"
-    raise TypeError(f"no binary COPY type for column {column.name} ({t!r})")
+    raise TypeError(f"no binary COPY type for column {column.name} ({column.type!r})")
 
 
 #: Binary ``numeric`` encodings by value (see ``_pg_copy_dumpers``); bounded, cleared when full.

@@ -413,6 +413,12 @@ def _writers(
     def driver_progress(progress_rows: list[dict[str, Any]]) -> None:
         bulk.upsert_progress(raw, name, progress_rows)
 
+    def driver_states(
+        table: sa.Table, key_cols: Sequence[str], batch: list[rows.PreparedRow]
+    ) -> upsert.WriteCounts:
+        write = bulk.pg_upsert_states if pg_copy else bulk.sqlite_upsert_states
+        return write(raw, table, key_cols, [p.row for p in batch], [p.raw_json for p in batch])
+
     if pg_copy:
 
         def pg_orders(
@@ -424,14 +430,7 @@ def _writers(
             # The stage holds every accepted order update and picks winners and events itself.
             return _pg_orders(conn, stage, accepted)
 
-        def pg_states(
-            table: sa.Table, key_cols: Sequence[str], batch: list[rows.PreparedRow]
-        ) -> upsert.WriteCounts:
-            return bulk.pg_upsert_states(
-                raw, table, key_cols, [p.row for p in batch], [p.raw_json for p in batch]
-            )
-
-        return _Writers(pg_orders, pg_states, driver_progress)
+        return _Writers(pg_orders, driver_states, driver_progress)
 
     if name == "sqlite":
 
@@ -448,14 +447,7 @@ def _writers(
             )
             return _plus_ignored(counts, duplicates), new_events
 
-        def sqlite_states(
-            table: sa.Table, key_cols: Sequence[str], batch: list[rows.PreparedRow]
-        ) -> upsert.WriteCounts:
-            return bulk.sqlite_upsert_states(
-                raw, table, key_cols, [p.row for p in batch], [p.raw_json for p in batch]
-            )
-
-        return _Writers(sqlite_orders, sqlite_states, driver_progress)
+        return _Writers(sqlite_orders, driver_states, driver_progress)
 
     def upsert_states(
         table: sa.Table, key_cols: Sequence[str], batch: list[rows.PreparedRow]

@@ -7,7 +7,6 @@ Every test here writes through the real path and reads back what PostgreSQL stor
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,14 +18,6 @@ from tests.store.helpers import event_keys, state_rows
 from tests.store.histories import order_message
 from tests.store.test_bulk import _mixed_batch, _norm_json, _raw_rows
 from tests.store.test_store import HOLDING, upd
-
-
-@pytest.fixture
-def pg_store(postgres_url: str) -> Iterator[PortfolioStore]:
-    store = PortfolioStore.from_url(postgres_url)
-    store.migrate()
-    yield store
-    store.engine.dispose()
 
 
 def _orders(n: int, *, recv: int, status: str = "open", filled: int = 0) -> list[Update]:
