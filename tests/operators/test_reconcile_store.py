@@ -18,26 +18,9 @@ import sqlalchemy as sa
 from airflow_provider_upstox.models.updates import INDIA_TZ, Update, next_seq, now_us
 from airflow_provider_upstox.operators.reconcile import UpstoxReconcileOperator, UpstoxReconciliationError
 from airflow_provider_upstox.store import PortfolioStore, schema
+from tests.fixtures.databases import airflow_connection
 
 pytestmark = pytest.mark.simulator(scenario="quiet", seed=4)
-
-_CONN_TYPES = {"sqlite": "sqlite", "postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
-
-
-def sql_connection(url: str) -> dict[str, Any]:
-    """The Airflow connection (JSON form of ``AIRFLOW_CONN_*``) of a test database URL."""
-    parsed = sa.make_url(url)
-    conn_type = _CONN_TYPES[parsed.get_backend_name()]
-    if conn_type == "sqlite":
-        return {"conn_type": "sqlite", "host": parsed.database}
-    return {
-        "conn_type": conn_type,
-        "host": parsed.host,
-        "port": parsed.port,
-        "login": parsed.username,
-        "password": parsed.password,
-        "schema": parsed.database,
-    }
 
 
 @pytest.fixture
@@ -45,7 +28,7 @@ def reconcile(simulator: Any, db_url: str, monkeypatch: pytest.MonkeyPatch) -> A
     """``reconcile(**operator_kwargs) -> summary``: one operator run, as the scheduler would start it."""
     upstox = {"conn_type": "upstox", "password": simulator.token, "host": simulator.base_url}
     monkeypatch.setenv("AIRFLOW_CONN_UPSTOX_SIM", json.dumps(upstox))
-    monkeypatch.setenv("AIRFLOW_CONN_UPSTOX_STORE", json.dumps(sql_connection(db_url)))
+    monkeypatch.setenv("AIRFLOW_CONN_UPSTOX_STORE", json.dumps(airflow_connection(db_url)))
     runs = iter(range(1, 100))
 
     def run(**kwargs: Any) -> dict[str, Any]:

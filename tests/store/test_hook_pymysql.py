@@ -11,22 +11,13 @@ import json
 import sys
 
 import pytest
-import sqlalchemy as sa
 
 from airflow_provider_upstox.hooks.store import get_portfolio_store
+from tests.fixtures.databases import airflow_connection
 
 
-def _mysql_connection(url: str, monkeypatch: pytest.MonkeyPatch, **extra: str) -> str:
-    parsed = sa.make_url(url)
-    conn = {
-        "conn_type": "mysql",
-        "host": parsed.host,
-        "port": parsed.port or 3306,
-        "login": parsed.username,
-        "schema": parsed.database,
-        "extra": extra,
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_UPSTOX_STORE_MY_PURE", json.dumps(conn))
+def _mysql_connection(url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("AIRFLOW_CONN_UPSTOX_STORE_MY_PURE", json.dumps(airflow_connection(url)))
     return "upstox_store_my_pure"
 
 

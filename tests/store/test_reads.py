@@ -22,6 +22,7 @@ from airflow_provider_upstox.reconciliation import COMPARED_FIELDS, EXTRA, MISMA
 from airflow_provider_upstox.store import SCHEMA_VERSION, PortfolioStore, schema
 from airflow_provider_upstox.store.migrations import current_version
 from airflow_provider_upstox.store.reads import OPERATOR_ACCOUNT, OVERLAID_COLUMNS
+from airflow_provider_upstox.store.schema import UTCDateTime
 from tests.store.histories import BASE_RECEIVED_US, order_message
 from tests.store.test_store import GTT, HOLDING, POSITION
 
@@ -198,44 +199,25 @@ def test_failed_run_is_closed_as_error(store: PortfolioStore) -> None:
 
 # ---------------------------------------------------------------- databases from before schema version 4
 
-_old = sa.MetaData()
-#: The two tables exactly as operators/reconciliation.py created them before schema version 4.
-_OLD_RUNS = sa.Table(
-    "upstox_reconciliation_runs",
-    _old,
-    sa.Column("run_id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("account", sa.String(64), nullable=False),
-    sa.Column("upstox_conn_id", sa.String(250), nullable=True),
-    sa.Column("dag_id", sa.String(250), nullable=True),
-    sa.Column("dag_run_id", sa.String(250), nullable=True),
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("update_types", sa.String(100), nullable=False),
-    sa.Column("compared", sa.Integer, nullable=False, default=0),
-    sa.Column("discrepancies", sa.Integer, nullable=False, default=0),
-    sa.Column("repaired", sa.Integer, nullable=False, default=0),
-    sa.Column("status", sa.String(20), nullable=False),
-)
-sa.Table(
-    "upstox_reconciliation_discrepancies",
-    _old,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column(
-        "run_id",
-        sa.Integer,
-        sa.ForeignKey("upstox_reconciliation_runs.run_id", ondelete="CASCADE"),
-        nullable=False,
-        index=True,
-    ),
-    sa.Column("account", sa.String(64), nullable=False),
-    sa.Column("update_type", sa.String(32), nullable=False),
-    sa.Column("natural_key", sa.String(200), nullable=False),
-    sa.Column("kind", sa.String(20), nullable=False),
-    sa.Column("field", sa.String(64), nullable=True),
-    sa.Column("db_value", sa.Text, nullable=True),
-    sa.Column("snapshot_value", sa.Text, nullable=True),
-    sa.Column("repaired", sa.Boolean, nullable=False, default=False),
-)
+
+def _pre_version_4_tables() -> tuple[sa.MetaData, sa.Table]:
+    """The two tables as operators/reconciliation.py created them before schema version 4.
+
+    Same names and columns as today's; times were plain ``DateTime(timezone=True)`` (``DATETIME``
+    without fractions on MySQL/MariaDB), and nothing had a comment.
+    """
+    old = sa.MetaData()
+    for table in schema.RECONCILIATION_TABLES:
+        copy = table.to_metadata(old)
+        copy.comment = None
+        for column in copy.c:
+            column.comment = None
+            if isinstance(column.type, UTCDateTime):
+                column.type = sa.DateTime(timezone=True)
+    return old, old.tables[schema.reconciliation_runs.name]
+
+
+_old, _OLD_RUNS = _pre_version_4_tables()
 
 
 def _as_version_3(store: PortfolioStore, *, old_tables: bool) -> None:
