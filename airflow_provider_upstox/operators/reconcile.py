@@ -80,6 +80,15 @@ class UpstoxReconcileOperator(BaseOperator):
         self.repair = repair
         self.on_discrepancy = on_discrepancy
 
+    def _fetch(self, hook: UpstoxHook, update_type: str) -> list[dict[str, Any]]:
+        getter: Callable[[], list[dict[str, Any]]] = {
+            ORDER: hook.get_order_book,
+            POSITION: hook.get_positions,
+            HOLDING: hook.get_holdings,
+            GTT_ORDER: hook.get_gtt_orders,
+        }[update_type]
+        return [strip_deprecated(dict(row)) for row in getter()]
+
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_upstox.hooks.upstox import UpstoxHook
 
@@ -100,10 +109,10 @@ class UpstoxReconcileOperator(BaseOperator):
             dag_run_id=ti.run_id,
         )
         try:
-            discrepancies, compared, snapshots, started_us = _compare_all(hook, store, account, types)
+            discrepancies, compared, snapshots, started_us = self._compare_all(hook, store, account, types)
             repaired: set[tuple[str, str]] = set()
             if repair and discrepancies:
-                repaired = _repair(store, account, discrepancies, snapshots, started_us)
+                repaired = self._repair(store, account, discrepancies, snapshots, started_us)
         except Exception:
             store.finish_reconciliation_run(
                 run_id, account=account, discrepancies=[], repaired_keys=(), compared=0, status="error"
@@ -149,70 +158,53 @@ class UpstoxReconcileOperator(BaseOperator):
             )
         return summary
 
+    def _compare_all(
+        self, hook: UpstoxHook, store: PortfolioStore, account: str, types: Sequence[str]
+    ) -> tuple[list[Discrepancy], int, dict[str, dict[str, dict[str, Any]]], int]:
+        started_us = now_us()
+        today = datetime.now(INDIA_TZ).date()
+        snapshots: dict[str, dict[str, dict[str, Any]]] = {}
+        found: list[Discrepancy] = []
+        compared = 0
+        for update_type in types:
+            snapshot = index_rows(update_type, self._fetch(hook, update_type))
+            stored = store.read_stored_objects(account, update_type)
+            snapshots[update_type] = snapshot
+            compared += len(set(snapshot) | set(stored))
+            found.extend(compare(update_type, stored, snapshot, today=today))
+        return found, compared, snapshots, started_us
 
-def fetch_snapshot(hook: UpstoxHook, update_type: str) -> list[dict[str, Any]]:
-    """The REST snapshot of *update_type* (order book, positions, holdings, GTT orders)."""
-    readers: dict[str, Callable[[], list[dict[str, Any]]]] = {
-        ORDER: hook.get_order_book,
-        POSITION: hook.get_positions,
-        HOLDING: hook.get_holdings,
-        GTT_ORDER: hook.get_gtt_orders,
-    }
-    return [strip_deprecated(dict(row)) for row in readers[update_type]()]
-
-
-def _compare_all(
-    hook: UpstoxHook, store: PortfolioStore, account: str, types: Sequence[str]
-) -> tuple[list[Discrepancy], int, dict[str, dict[str, dict[str, Any]]], int]:
-    """Every difference of *types*, the number of keys compared, the snapshots, when they began."""
-    started_us = now_us()
-    today = datetime.now(INDIA_TZ).date()
-    snapshots: dict[str, dict[str, dict[str, Any]]] = {}
-    found: list[Discrepancy] = []
-    compared = 0
-    for update_type in types:
-        snapshot = index_rows(update_type, fetch_snapshot(hook, update_type))
-        stored = store.read_stored_objects(account, update_type)
-        snapshots[update_type] = snapshot
-        compared += len(set(snapshot) | set(stored))
-        found.extend(compare(update_type, stored, snapshot, today=today))
-    return found, compared, snapshots, started_us
-
-
-def _repair(
-    store: PortfolioStore,
-    account: str,
-    discrepancies: list[Discrepancy],
-    snapshots: dict[str, dict[str, dict[str, Any]]],
-    started_us: int,
-) -> set[tuple[str, str]]:
-    """Apply the snapshot rows of the differing keys; return the keys that now agree.
-
-    The snapshot rows go through the store's ordering rule like any update, received when the
-    snapshot requests began: a live state the stream delivered after that is kept.
-    """
-    updates = [
-        Update(
-            update_type=d.update_type,
-            data=snapshots[d.update_type][d.key],
-            source=SNAPSHOT,
-            seq=next_seq(),
-            received_at_us=started_us,
-            account=account,
-        )
-        for d in {(d.update_type, d.key): d for d in discrepancies}.values()
-        if d.key in snapshots.get(d.update_type, {})
-    ]
-    if updates:
-        store.apply(updates, account=account)
-    repaired: set[tuple[str, str]] = set()
-    for update_type in {u.update_type for u in updates}:
-        stored = store.read_stored_objects(account, update_type)
-        still = {d.key for d in compare(update_type, stored, snapshots[update_type])}
-        repaired |= {(update_type, u.key or "") for u in updates if u.update_type == update_type} - {
-            (update_type, k) for k in still
-        }
-    return repaired
+    def _repair(
+        self,
+        store: PortfolioStore,
+        account: str,
+        discrepancies: list[Discrepancy],
+        snapshots: dict[str, dict[str, dict[str, Any]]],
+        started_us: int,
+    ) -> set[tuple[str, str]]:
+        """Apply the snapshot rows of the differing keys; return the keys that now agree."""
+        updates = [
+            Update(
+                update_type=d.update_type,
+                data=snapshots[d.update_type][d.key],
+                source=SNAPSHOT,
+                seq=next_seq(),
+                received_at_us=started_us,
+                account=account,
+            )
+            for d in {(d.update_type, d.key): d for d in discrepancies}.values()
+            if d.key in snapshots.get(d.update_type, {})
+        ]
+        if updates:
+            store.apply(updates, account=account)
+        repaired: set[tuple[str, str]] = set()
+        for update_type in {u.update_type for u in updates}:
+            stored = store.read_stored_objects(account, update_type)
+            still = {d.key for d in compare(update_type, stored, snapshots[update_type])}
+            repaired |= {(update_type, u.key or "") for u in updates if u.update_type == update_type} - {
+                (update_type, k) for k in still
+            }
+        return repaired
 
 
 def _truthy(value: Any) -> bool:
