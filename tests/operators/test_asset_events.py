@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from airflow.sdk import Asset
 
 from airflow_provider_upstox.models.updates import Update, encode_updates, next_seq, now_us
-from airflow_provider_upstox.operators import events as events_mod
+from airflow_provider_upstox.operators import asset_events as events_mod
 from airflow_provider_upstox.store import PortfolioStore
 
 ASSET = Asset(name="upstox_events__upstox_default", uri="upstox://upstox_default/events")

@@ -16,7 +16,7 @@ import pytest
 from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_provider_upstox.models.updates import Update, encode_updates, next_seq, now_us
-from airflow_provider_upstox.operators.stream import UpstoxPortfolioStreamOperator
+from airflow_provider_upstox.operators.portfolio_stream import UpstoxPortfolioStreamOperator
 
 
 @pytest.fixture
