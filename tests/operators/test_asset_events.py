@@ -153,3 +153,25 @@ def test_draining_is_bounded(store: PortfolioStore) -> None:
     second = events_mod.persist_asset_events(context, ASSET)
     assert second["events"] == 3
     assert rows(store) == {"7": ("open", 3)}
+
+
+def test_bad_events_are_counted_and_skipped_without_blocking_the_rest(store: PortfolioStore) -> None:
+    """A hand-made event, a damaged payload, an error event in the shape earlier versions stored: each
+    is counted under its own name, and the batches around them are still applied."""
+    old_error = {"status": "error", "error_type": "authentication", "exception": "UpstoxAuthenticationError",
+                 "message": "token expired", "fatal": True, "account": None}  # fmt: skip
+    accessor = Accessor(
+        [
+            order_event(50, 0, "11", "open", 0),
+            Event(51, T0 + timedelta(seconds=1), {}),  # e.g. created by hand in the UI
+            Event(52, T0 + timedelta(seconds=2), {"from_trigger": True, "payload": {"status": "batch"}}),
+            Event(53, T0 + timedelta(seconds=3), {"from_trigger": True, "payload": old_error}),
+            order_event(54, 4, "11", "complete", 5),
+        ]
+    )
+    result = events_mod.persist_asset_events({"inlet_events": {ASSET: accessor}}, ASSET)
+    assert (result["events"], result["batches"], result["foreign"], result["invalid"], result["errors"]) == (
+        5, 2, 1, 1, 1,
+    )  # fmt: skip
+    assert result["watermark_event_id"] == 54
+    assert rows(store) == {"11": ("complete", 5)}
