@@ -85,9 +85,10 @@ class ErrorKind(enum.StrEnum):
 _FATAL_KINDS: Final = frozenset({ErrorKind.AUTHENTICATION, ErrorKind.CONFIGURATION})
 
 
-class StreamStats(msgspec.Struct, kw_only=True):
-    """Counters of the stream behind an event, for logs and dashboards (not for decisions).
+class EventStats(msgspec.Struct, kw_only=True):
+    """A few counters of the stream behind an event, for logs and dashboards (not for decisions).
 
+    A small selection of the stream client's ``StreamStats`` plus the trigger's hand-offs and lag.
     Defaults let an event that carries fewer counters (older versions, tests) decode.
     """
 
@@ -109,7 +110,7 @@ class BatchEvent(msgspec.Struct, tag_field="status", tag="batch", kw_only=True):
 
     updates: list[Update]
     account: str | None = None
-    stats: StreamStats = msgspec.field(default_factory=StreamStats)
+    stats: EventStats = msgspec.field(default_factory=EventStats)
 
 
 class IdleEvent(msgspec.Struct, tag_field="status", tag="idle", kw_only=True):
@@ -117,7 +118,7 @@ class IdleEvent(msgspec.Struct, tag_field="status", tag="idle", kw_only=True):
 
     idle_since_us: int
     account: str | None = None
-    stats: StreamStats = msgspec.field(default_factory=StreamStats)
+    stats: EventStats = msgspec.field(default_factory=EventStats)
 
 
 class ErrorEvent(msgspec.Struct, tag_field="status", tag="error", kw_only=True):

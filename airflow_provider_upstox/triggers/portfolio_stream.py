@@ -40,10 +40,12 @@ from airflow_provider_upstox.hooks.upstox import UpstoxHook, snapshot_reader
 from airflow_provider_upstox.models.events import (
     BatchEvent,
     ErrorEvent,
+    ErrorKind,
+    EventStats,
     IdleEvent,
     StreamEvent,
-    StreamStats,
     encode_event,
+    exception_text,
 )
 from airflow_provider_upstox.models.updates import STREAM, Update, normalize_update_types, now_us
 from airflow_provider_upstox.stream import PortfolioStreamClient
@@ -166,7 +168,7 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
         try:
             lease = await self._acquire()
         except Exception as exc:
-            yield self._send(self._error_event(exc, None))
+            yield _trigger_event(self._error_event(exc, None))
             return
         self._lease = lease
         # What the previous instance yielded but the task has not committed (its try died after
@@ -188,7 +190,7 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
                 )
         except Exception as exc:
             self._drop_lease()
-            yield self._send(self._error_event(exc, lease.account))
+            yield _trigger_event(self._error_event(exc, lease.account))
             return
         except BaseException:  # cancelled while waiting: the next instance takes the stream over
             self._release_lease()
@@ -205,19 +207,20 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
             )
         # Released before yielding: the triggerer may cancel this task right after taking the event.
         self._release_lease()
-        yield self._send(event)
+        yield _trigger_event(event)
 
     async def _run_watch(self) -> AsyncIterator[TriggerEvent]:
         while True:
             try:
                 lease = await self._acquire()
             except Exception as exc:
-                error = self._error_event(exc, None)
-                if error.fatal:
-                    yield self._send(error)
+                if ErrorKind.of(exc).fatal:
+                    yield _trigger_event(self._error_event(exc, None))
                     await asyncio.sleep(self.auth_retry_delay)
                 else:
-                    log.warning("Could not start the Upstox portfolio stream (%s); retrying", error.message)
+                    log.warning(
+                        "Could not start the Upstox portfolio stream (%s); retrying", exception_text(exc)
+                    )
                     await asyncio.sleep(self.error_retry_delay)
                 continue
             self._lease = lease
@@ -231,11 +234,11 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
                 while True:
                     batch, _ = await next_batch(size, wait, None, budget)
                     if batch:
-                        yield self._send(self._batch_event(lease, batch))
+                        yield _trigger_event(self._batch_event(lease, batch))
             except Exception as exc:
                 self._drop_lease()
                 error = self._error_event(exc, lease.account)
-                yield self._send(error)
+                yield _trigger_event(error)
                 await asyncio.sleep(self.auth_retry_delay if error.fatal else self.error_retry_delay)
             finally:
                 if self._lease is lease:  # cancelled (or the generator closed): close, don't linger
@@ -293,9 +296,9 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
         return self.max_event_bytes - _EVENT_OVERHEAD
 
     @staticmethod
-    def _stats(lease: StreamLease, lag_ms: float | None = None) -> StreamStats:
+    def _stats(lease: StreamLease, lag_ms: float | None = None) -> EventStats:
         s = lease.stream.stats
-        return StreamStats(
+        return EventStats(
             connection=lease.stream.connection_epoch,
             handoffs=lease.handoffs,
             messages=s.messages,
@@ -319,9 +322,9 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
         )
         return event
 
-    @staticmethod
-    def _send(event: StreamEvent) -> TriggerEvent:
-        return TriggerEvent(encode_event(event))
+
+def _trigger_event(event: StreamEvent) -> TriggerEvent:
+    return TriggerEvent(encode_event(event))
 
 
 def oldest_live_update_us(batch: list[Update]) -> int | None:

@@ -21,10 +21,10 @@ from airflow_provider_upstox.models.events import (
     BatchEvent,
     ErrorEvent,
     ErrorKind,
+    EventStats,
     IdleEvent,
     InvalidEventError,
     StreamEvent,
-    StreamStats,
     decode_event,
     encode_event,
 )
@@ -36,7 +36,7 @@ UPDATES = [
     Update(update_type="holding", data={"isin": "INE002A01018", "quantity": 3}, source="snapshot", seq=8,
            connection_epoch=2, received_at_us=1_740_641_184_000_000),
 ]  # fmt: skip
-STATS = StreamStats(
+STATS = EventStats(
     connection=2, handoffs=1, messages=40, reconnects=1, decode_errors=0, pending=3, lag_ms=1.5
 )
 
