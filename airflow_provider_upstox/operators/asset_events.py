@@ -135,8 +135,8 @@ def persist_asset_events(
 def _queue_updates(event: Any, asset: Asset, pending: dict[str, list[Update]], counts: dict[str, int]) -> int:
     """Queue the updates of one asset event under its account; returns how many were queued.
 
-    A bad event is counted and skipped, not raised: failing would stop the watermark before it
-    forever, and the events after it would never be persisted.
+    A bad event is counted and skipped, not raised: raising would hold the watermark before it
+    forever, and no event after it would ever be persisted.
     """
     extra = event.extra if isinstance(event.extra, dict) else {}
     if "payload" not in extra:

@@ -150,10 +150,10 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
             acked_seq=acked_seq,
         )
 
-    def _defer(self, progress: StreamProgress, rules: StopRules, acked_seq: int) -> None:
+    def _defer(self, progress: StreamProgress, rules: StopRules) -> None:
         wait = rules.wake_after(progress, now_us())
         self.defer(
-            trigger=self._trigger(rules, acked_seq),
+            trigger=self._trigger(rules, progress.acked_seq),
             method_name="execute_complete",
             timeout=None if wait is None else timedelta(seconds=wait),
         )
@@ -170,7 +170,7 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
             idle_since_us=now_us(),
             deadline_us=None if stop_at is None else int(next_stop_deadline(stop_at, now).timestamp() * 1e6),
         )
-        save_progress(store, self._progress_key(context), {**progress.to_json(), "acked_seq": 0})
+        save_progress(store, self._progress_key(context), progress.to_json())
         log.info(
             "Streaming %s into %s (update types %s; stop: max_batches=%s, stop_after_idle=%s, stop_at=%s)",
             self.upstox_conn_id,
@@ -180,7 +180,7 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
             rules.stop_after_idle,
             stop_at,
         )
-        self._defer(progress, rules, 0)  # 0: nothing of an earlier try is known to be committed
+        self._defer(progress, rules)  # acked_seq 0: nothing of an earlier try is known to be committed
         return None  # not reached: defer() raises
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Any) -> Any:
@@ -206,16 +206,15 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         key = self._progress_key(context)
         loaded = load_progress(store, key)
         progress = StreamProgress.from_json(loaded) if loaded else StreamProgress(now_us(), now_us())
-        acked_seq = _int_or_none((loaded or {}).get("acked_seq")) or 0
         progress.events += 1
         committed = self._handle_event(store, progress, event)
         if committed is not None:
-            acked_seq = max(acked_seq, committed)
+            progress.acked_seq = max(progress.acked_seq, committed)
         # Saved after the batch's commit, so acked_seq never runs ahead of what is in the store.
-        save_progress(store, key, {**progress.to_json(), "acked_seq": acked_seq})
+        save_progress(store, key, progress.to_json())
         reason = rules.reason_to_stop(progress, now_us())
         if reason is None:
-            self._defer(progress, rules, acked_seq)
+            self._defer(progress, rules)
         log.info(
             "Stopping the stream of %s: %s (%d batches, %d updates)",
             self.upstox_conn_id,
@@ -312,10 +311,6 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
 
 def _is_template(value: Any) -> bool:
     return isinstance(value, str) and "{{" in value
-
-
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _account_of(updates: Sequence[Update]) -> str | None:

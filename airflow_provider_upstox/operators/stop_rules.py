@@ -42,6 +42,8 @@ class StreamProgress:
     rows_by_type: dict[str, int] = field(default_factory=dict)
     applied: dict[str, int] = field(default_factory=dict)
     errors: int = 0
+    #: the highest update seq committed in this try (``0``: none), passed to each re-deferral's trigger
+    acked_seq: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
