@@ -13,12 +13,13 @@ Two modes (``mode="auto"`` picks by whether a task deferred to the trigger):
   yielded batch kept as unacknowledged: the next instance first re-emits those of its updates whose
   ``seq`` is above its ``acked_seq`` kwarg (the highest seq the operator has committed; ``0`` on a
   fresh try; ``None``, the default, for a consumer that does not acknowledge), so a batch whose try
-  died before its commit is not lost. When no update arrives for
-  ``idle_timeout`` seconds, an idle event lets the operator evaluate its stop conditions.
+  died before its commit is not lost. When no update arrives for ``idle_timeout`` seconds, an
+  idle event lets the operator evaluate its stop conditions.
 * ``watch`` (an ``AssetWatcher``): run forever. Transient faults are absorbed by the stream client;
-  a fatal one (the token was refused) yields one error event and then waits ``auth_retry_delay``
-  seconds before trying again, because Airflow would restart a watcher that returns or raises within
-  about a second, with no backoff.
+  a fatal one (:attr:`ErrorKind.fatal <airflow_provider_upstox.models.events.ErrorKind.fatal>`:
+  the token was refused, the connection is missing or invalid) yields one error event and then
+  waits ``auth_retry_delay`` seconds before trying again, because Airflow would restart a watcher
+  that returns or raises within about a second, with no backoff.
 
 Events are the structs of :mod:`airflow_provider_upstox.models.events` (``BatchEvent``,
 ``IdleEvent``, ``ErrorEvent``), sent as :func:`~airflow_provider_upstox.models.events.encode_event`
