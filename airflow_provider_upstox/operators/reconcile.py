@@ -13,18 +13,14 @@ overwrites a newer live state), and fails or warns.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator, Context
 
 from airflow_provider_upstox.models.updates import (
-    GTT_ORDER,
-    HOLDING,
     INDIA_TZ,
-    ORDER,
-    POSITION,
     SNAPSHOT,
     Update,
     next_seq,
@@ -81,13 +77,7 @@ class UpstoxReconcileOperator(BaseOperator):
         self.on_discrepancy = on_discrepancy
 
     def _fetch(self, hook: UpstoxHook, update_type: str) -> list[dict[str, Any]]:
-        getter: Callable[[], list[dict[str, Any]]] = {
-            ORDER: hook.get_order_book,
-            POSITION: hook.get_positions,
-            HOLDING: hook.get_holdings,
-            GTT_ORDER: hook.get_gtt_orders,
-        }[update_type]
-        return [strip_deprecated(dict(row)) for row in getter()]
+        return [strip_deprecated(dict(row)) for row in hook.get_snapshot(update_type)]
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_upstox.hooks.upstox import UpstoxHook
