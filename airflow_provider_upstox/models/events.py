@@ -49,7 +49,7 @@ class InvalidEventError(UpstoxError, ValueError):
     """A payload is not an event of :class:`UpstoxPortfolioStreamTrigger` (foreign or damaged)."""
 
 
-class ErrorKind(enum.StrEnum):
+class ErrorKind(str, enum.Enum):  # not StrEnum: Python 3.10 is supported
     """What failed, as sent in an error event's ``error_type``: exactly the values the trigger sends."""
 
     #: Upstox refused the access token (401/403, ``UDAPI100050``): fatal until the token is replaced.
@@ -62,6 +62,9 @@ class ErrorKind(enum.StrEnum):
     TRANSPORT = "transport"
     #: The portfolio stream WebSocket failed: transient.
     STREAM = "stream"
+
+    def __str__(self) -> str:
+        return str(self.value)
 
     @property
     def fatal(self) -> bool:
