@@ -77,14 +77,19 @@ class FeedGate:
         host = request.headers.get("Host") or f"{ctx.host}:{ctx.port}"
         return f"ws://{host}{h.SOCKET_PATH}?requestId={request_id}&code={code}"
 
-    async def authorize(self, req: HttpRequest) -> Response:
-        """``GET .../authorize``: the socket URL as JSON (with the faults that malform the answer)."""
+    async def _admit(self, req: HttpRequest) -> tuple[str, ...] | Response:
+        """The subscribed update types of an authorize request, or the refusal to send."""
         refused = await self.ctx.guard("authorize", req.request)
         if refused is not None:
             return refused
         types = h.parse_update_types(req.query.get("update_types"))
-        if types is None:
-            return h.error(400, h.INVALID_UPDATE_TYPES)
+        return h.error(400, h.INVALID_UPDATE_TYPES) if types is None else types
+
+    async def authorize(self, req: HttpRequest) -> Response:
+        """``GET .../authorize``: the socket URL as JSON (with the faults that malform the answer)."""
+        types = await self._admit(req)
+        if isinstance(types, Response):
+            return types
         url = self.issue_url(req.request, types)
         malformed = self.ctx.faults.authorize_response
         if malformed == "not_json":
@@ -105,12 +110,9 @@ class FeedGate:
 
     async def direct_connect(self, req: HttpRequest) -> Response:
         """``GET /v2/feed/portfolio-stream-feed``: a 302 to the socket URL (the official SDK's way)."""
-        refused = await self.ctx.guard("authorize", req.request)
-        if refused is not None:
-            return refused
-        types = h.parse_update_types(req.query.get("update_types"))
-        if types is None:
-            return h.error(400, h.INVALID_UPDATE_TYPES)
+        types = await self._admit(req)
+        if isinstance(types, Response):
+            return types
         return h.response(302, b"", "text/plain", [("Location", self.issue_url(req.request, types))])
 
     async def socket_handshake(self, req: HttpRequest) -> Response | None:

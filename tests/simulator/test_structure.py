@@ -121,7 +121,8 @@ def test_router_refuses_a_path_twice_and_prefers_exact_paths() -> None:
     router.add([exact])
     assert router.resolve("/x/y/z") is exact
     resolved = router.resolve("/x/y/w")
-    assert resolved is not None and resolved.path == "/x/y/"  # the longest prefix wins
+    assert resolved is not None
+    assert resolved.path == "/x/y/"  # the longest prefix wins
     assert router.resolve("/nothing") is None
 
 
