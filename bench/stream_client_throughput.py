@@ -152,7 +152,8 @@ async def drain_run(base: str, cls: type[PortfolioStreamClient], count: int) -> 
             await asyncio.sleep(0.5)  # ...and reached websockets' queue on this side
             start = time.perf_counter()
             reader = asyncio.create_task(client._read(ws, 1))
-            batch = await client.next_batch(count, max_wait=60.0, timeout=60.0)  # wakes once all are in
+            # the buffer wakes its consumer once all are in (the client's own task is never started)
+            batch, _ = await client._buffer.get_sized_batch(count, max_wait=60.0, timeout=60.0)
             elapsed = time.perf_counter() - start
             assert len(batch) == count, len(batch)
             reader.cancel()
