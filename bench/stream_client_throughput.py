@@ -1,6 +1,6 @@
 """Stream client read path: updates/s decoded and batched by ``PortfolioStreamClient``.
 
-Usage: ``python bench/stream_client_throughput.py [--count 40000] [--runs 3] [--quick]``
+Usage: ``python bench/stream_client_throughput.py [--count 40000] [--runs 5] [--quick]``
 
 One simulator process (``--scenario flood``) floods the client with ``count`` model messages
 (``POST /_sim/flood``); the client in this process decodes them into its buffer and the consumer
@@ -14,10 +14,10 @@ takes batches (``next_sized_batch``) until it has them all. Three readers, same 
 
 Two figures per reader: the flood end to end, updates per second from the first update consumed
 to the last (wall clock, and per CPU second of this process), and the reader alone on frames that
-websockets has already received (all of them queued before it starts: its own cost of taking,
-decoding and appending, which is what the private queue was used for). Medians of ``runs`` (and
-the best, for the reader alone). A ratio public / private queue near 1 means the public API costs
-nothing measurable.
+websockets has already received (all of them queued before it starts: its own CPU cost of taking,
+decoding and appending, which is what the private queue was used for; the least noisy figure).
+Medians of ``runs`` (and the best, for the reader alone). A ratio public / private queue near 1
+means the public API costs nothing measurable.
 """
 
 from __future__ import annotations
@@ -123,11 +123,13 @@ async def one_run(base: str, cls: type[PortfolioStreamClient], count: int) -> tu
 
 
 async def drain_run(base: str, cls: type[PortfolioStreamClient], count: int) -> float:
-    """Seconds the reader needs for *count* frames that websockets has already received.
+    """CPU seconds the reader needs for *count* frames that websockets has already received.
 
     The flood is received into websockets' queue (a high ``max_queue``) before the reader starts,
     so nothing waits for the network: this is the reader's own cost (take, decode, append), the
-    part the private queue was used to speed up. Runs the client's reader directly.
+    part the private queue was used to speed up. Runs the client's reader directly. The reader does
+    not yield until the queue is empty, so its CPU time is its cost, without the time other
+    processes of a shared machine took the core away.
     """
     async with httpx.AsyncClient(base_url=base, trust_env=False, timeout=60) as http:
         r = await http.get(
@@ -150,11 +152,11 @@ async def drain_run(base: str, cls: type[PortfolioStreamClient], count: int) -> 
                     break
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.5)  # ...and reached websockets' queue on this side
-            start = time.perf_counter()
+            start = time.process_time()
             reader = asyncio.create_task(client._read(ws, 1))
             # the buffer wakes its consumer once all are in (the client's own task is never started)
             batch, _ = await client._buffer.get_sized_batch(count, max_wait=60.0, timeout=60.0)
-            elapsed = time.perf_counter() - start
+            elapsed = time.process_time() - start
             assert len(batch) == count, len(batch)
             reader.cancel()
             await asyncio.wait([reader])
@@ -194,7 +196,7 @@ def main() -> None:
     median = statistics.median
     print(f"messages per run: {count}, runs: {runs}")
     print("flood end to end: updates/s wall clock and per CPU second of this process (medians);")
-    print("reader on already-received frames: updates/s (median and best)")
+    print("reader alone on already-received frames: updates per CPU second (median and best)")
     print(f"{'reader':34}  {'flood wall':>10}  {'flood CPU':>10}  {'queued med':>10}  {'queued best':>11}")
     for name in READERS:
         print(
