@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass
 from types import TracebackType
@@ -100,7 +101,11 @@ async def _take_ready(ws: ClientConnection, frames: list[bytes], limit: int) -> 
     has nothing left and would wait for the network: the timeout cancels that one ``recv``, which
     websockets documents as safe (no message is lost; a fragmented message whose last fragment is
     still on its way is put back and returned whole later). Cost: one cancellation per chunk.
+    On Python 3.10, which has no ``asyncio.timeout``, nothing is drained and the caller's loop awaits
+    each message.
     """
+    if sys.version_info < (3, 11):  # no asyncio.timeout: one message per await (about 25 % slower)
+        return
     recv = ws.recv
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(0):
