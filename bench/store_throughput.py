@@ -39,6 +39,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -148,12 +149,12 @@ def driver_baselines(backend: str, engine: sa.Engine, stored: list[StoredRows]) 
     n = len(orders.rows)
     assert len(events.rows) == n, "one event per new order"
     mark = "?" if backend == "sqlite" else "%s"
+    names = [", ".join(f'"{c}"' for c in s.columns) for s in stored]
     inserts = [
-        f"INSERT INTO {s.table} ({', '.join(f'{chr(34)}{c}{chr(34)}' for c in s.columns)}) "
-        f"VALUES ({', '.join([mark] * len(s.columns))})"
-        for s in stored
+        f"INSERT INTO {s.table} ({cols}) VALUES ({', '.join([mark] * len(s.columns))})"
+        for s, cols in zip(stored, names, strict=True)
     ]
-    copies = [f"COPY {s.table} ({', '.join(f'{chr(34)}{c}{chr(34)}' for c in s.columns)}) FROM STDIN" for s in stored]
+    copies = [f"COPY {s.table} ({cols}) FROM STDIN" for s, cols in zip(stored, names, strict=True)]
     raw = engine.raw_connection()
     driver: Any = raw.driver_connection
 
@@ -227,7 +228,7 @@ def run_backend(backend: str, pg_url: str, n: int, scales: list[int], tmp: Path)
                 (order_updates(n), order_updates(n), order_updates(n, filled=5, seq0=10**9)),
                 strict=True,
             ):
-                run.rates[label] = rate(n, lambda u=updates: apply_all(store, u))  # type: ignore[misc]
+                run.rates[label] = rate(n, partial(apply_all, store, updates))
                 if label == APPLY_MEASURES[0]:  # the identical rows are those the new orders wrote
                     stored = [read_back(backend, store.engine, t) for t in TABLES]
                     for name, value in driver_baselines(backend, target.engine, stored).items():
@@ -238,8 +239,8 @@ def run_backend(backend: str, pg_url: str, n: int, scales: list[int], tmp: Path)
                 grown = size
                 touch = order_updates(10_000, filled=7, seq0=2 * 10**9 + size)
                 fresh = order_updates(10_000, start=10_000_000 + size, seq0=3 * 10**9 + size)
-                run.rates[f"{size:>9,} stored: 10k newer"] = rate(10_000, lambda: apply_all(store, touch))
-                run.rates[f"{size:>9,} stored: 10k new"] = rate(10_000, lambda: apply_all(store, fresh))
+                run.rates[f"{size:>9,} stored: 10k newer"] = rate(10_000, partial(apply_all, store, touch))
+                run.rates[f"{size:>9,} stored: 10k new"] = rate(10_000, partial(apply_all, store, fresh))
         finally:
             store.engine.dispose()
             target.engine.dispose()
@@ -320,7 +321,9 @@ def print_summary(runs: list[Run]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
                         help="admin URL; fresh databases are created and dropped")  # fmt: skip
     parser.add_argument("--updates", type=int, default=10_000, help="new orders per run (N)")

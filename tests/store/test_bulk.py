@@ -1,4 +1,4 @@
-"""The driver-level writers (store/writers/sqlite.py, postgres.py) against the SQLAlchemy path, and ``read_state``.
+"""The driver-level writers (store/writers/sqlite.py, postgres.py) against SQLAlchemy, and ``read_state``.
 
 ``apply()`` writes PostgreSQL and SQLite through short driver-level statements that convert values
 themselves; these tests pin that it stores byte-for-byte what SQLAlchemy's column types would store,
@@ -18,8 +18,8 @@ import sqlalchemy as sa
 
 from airflow_provider_upstox.models.updates import Update
 from airflow_provider_upstox.store import PortfolioStore, schema
-from airflow_provider_upstox.store.writers import sqlalchemy_core
 from airflow_provider_upstox.store.rows import prepare
+from airflow_provider_upstox.store.writers import sqlalchemy_core
 from tests.store.histories import BASE_RECEIVED_US, order_message
 from tests.store.test_store import GTT, HOLDING, POSITION, upd
 
