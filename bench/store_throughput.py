@@ -12,11 +12,14 @@ Each run, per backend, on a fresh database, with realistic order messages in bat
    per batch). This is the goal's measure.
 2. The baselines, on the IDENTICAL rows: every state row and event row that step 1 wrote (same
    columns, same values, the same ``raw`` JSON text) is read back and written again by the driver
-   into EMPTY tables with the same DDL (a second database migrated by the store), the driver's
-   tuples built before timing, the same batches of 500 updates (500 order rows + 500 event rows,
-   one transaction each): the driver's ``executemany`` (sqlite3, psycopg 3) and, on PostgreSQL,
-   the driver's ``COPY`` (psycopg 3 ``Copy.write_row``, text format). Rates count updates, i.e.
-   one per row pair.
+   into EMPTY tables with the same DDL (another database migrated by the store, one per method),
+   the driver's tuples built before timing, the same batches of 500 updates (500 order rows + 500
+   event rows, one transaction each): the driver's ``executemany`` (sqlite3, psycopg 3) and, on
+   PostgreSQL, the driver's ``COPY`` (psycopg 3 ``Copy.write_row``, text format). Rates count
+   updates, i.e. one per row pair. Steps 1 and 2 are interleaved batch by batch (apply a batch,
+   read its rows back untimed, write them by each driver method), so both sides of a ratio are
+   timed over the same seconds of a machine whose speed changes from one minute to the next; the
+   baselines' tables are then checked to hold exactly the store's rows.
 3. ``apply()``, replay (the same updates again: all ignored) and newer (a newer state of every
    order: all updated), reported against the same baselines.
 
@@ -37,7 +40,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -123,8 +126,9 @@ class StoredRows:
     rows: list[tuple[Any, ...]]
 
 
-def read_back(backend: str, engine: sa.Engine, table: str) -> StoredRows:
-    """Every row of *table* in key order; PostgreSQL ``jsonb`` read as its text (the same JSON)."""
+def read_back(backend: str, engine: sa.Engine, table: str, ids: tuple[str, str] | None = None) -> StoredRows:
+    """The rows of *table* (of the orders *ids* from-to) in key order; PostgreSQL ``jsonb`` read as its
+    text (the same JSON)."""
     with engine.connect() as conn:
         cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         cur.execute(f"SELECT * FROM {table} LIMIT 0")
@@ -137,75 +141,63 @@ def read_back(backend: str, engine: sa.Engine, table: str) -> StoredRows:
             )
             types = dict(cur.fetchall())
         select = ", ".join(f"{c}::text" if types.get(c) == "jsonb" else f'"{c}"' for c in columns)
-        cur.execute(f"SELECT {select} FROM {table} ORDER BY {KEYS[table]}")
+        where = f"WHERE order_id BETWEEN '{ids[0]}' AND '{ids[1]}'" if ids else ""
+        cur.execute(f"SELECT {select} FROM {table} {where} ORDER BY {KEYS[table]}")
         rows = [tuple(r) for r in cur.fetchall()]
         cur.close()
     return StoredRows(table, columns, rows)
 
 
-def driver_baselines(backend: str, engine: sa.Engine, stored: list[StoredRows]) -> dict[str, float]:
-    """The driver writing *stored* into the empty tables of *engine*; updates/s per method."""
-    orders, events = stored
-    n = len(orders.rows)
-    assert len(events.rows) == n, "one event per new order"
-    mark = "?" if backend == "sqlite" else "%s"
-    names = [", ".join(f'"{c}"' for c in s.columns) for s in stored]
-    inserts = [
-        f"INSERT INTO {s.table} ({cols}) VALUES ({', '.join([mark] * len(s.columns))})"
-        for s, cols in zip(stored, names, strict=True)
-    ]
-    copies = [f"COPY {s.table} ({cols}) FROM STDIN" for s, cols in zip(stored, names, strict=True)]
-    raw = engine.raw_connection()
-    driver: Any = raw.driver_connection
+class DriverBaseline:
+    """The driver writing the identical rows, batch by batch, into the empty tables of *engine*.
 
-    def clear() -> None:
-        cur = driver.cursor()
+    :param method: ``executemany`` (sqlite3, psycopg 3) or ``COPY`` (psycopg 3, text format).
+    """
+
+    def __init__(self, backend: str, method: str, engine: sa.Engine) -> None:
+        self.backend, self.method, self.engine = backend, method, engine
+        self.raw = engine.raw_connection()
+        self.driver: Any = self.raw.driver_connection
+        self.seconds = 0.0
+        self.updates = 0
+
+    def write(self, stored: list[StoredRows]) -> None:
+        """One batch (its order rows and event rows, one transaction), timed; tuples already built."""
+        mark = "?" if self.backend == "sqlite" else "%s"
+        statements = []
         for s in stored:
-            cur.execute(f"DELETE FROM {s.table}")
-        driver.commit()
+            cols = ", ".join(f'"{c}"' for c in s.columns)
+            if self.method == "COPY":
+                statements.append(f"COPY {s.table} ({cols}) FROM STDIN")
+            else:
+                statements.append(
+                    f"INSERT INTO {s.table} ({cols}) VALUES ({', '.join([mark] * len(s.columns))})"
+                )
+        start = time.perf_counter()
+        cur = self.driver.cursor()
+        if self.backend == "sqlite":
+            cur.execute("BEGIN")
+        for sql, s in zip(statements, stored, strict=True):
+            if self.method == "COPY":
+                with cur.copy(sql) as copy:
+                    for row in s.rows:
+                        copy.write_row(row)
+            else:
+                cur.executemany(sql, s.rows)
+        self.driver.commit()
         cur.close()
+        self.seconds += time.perf_counter() - start
+        self.updates += len(stored[0].rows)
 
-    def executemany() -> None:
-        cur = driver.cursor()
-        for i in range(0, n, BATCH):
-            if backend == "sqlite":
-                cur.execute("BEGIN")
-            for sql, s in zip(inserts, stored, strict=True):
-                cur.executemany(sql, s.rows[i : i + BATCH])
-            driver.commit()
-        cur.close()
-
-    def copy() -> None:
-        cur = driver.cursor()
-        for i in range(0, n, BATCH):
-            for sql, s in zip(copies, stored, strict=True):
-                with cur.copy(sql) as cp:
-                    for row in s.rows[i : i + BATCH]:
-                        cp.write_row(row)
-            driver.commit()
-        cur.close()
-
-    methods: dict[str, Callable[[], None]] = {"executemany": executemany}
-    if backend == "postgresql":
-        methods["COPY"] = copy
-    out = {}
-    try:
-        for name, fn in methods.items():
-            clear()
-            out[name] = rate(n, fn)
-            check_identical(backend, engine, stored)
-        clear()
-    finally:
-        raw.close()
-    return out
+    def close(self) -> None:
+        self.raw.close()
 
 
-def check_identical(backend: str, engine: sa.Engine, stored: list[StoredRows]) -> None:
+def check_identical(backend: str, source: sa.Engine, target: sa.Engine) -> None:
     """The baseline wrote exactly the rows ``apply()`` wrote (else the comparison would be unfair)."""
-    for s in stored:
-        again = read_back(backend, engine, s.table)
-        if again.rows != s.rows:
-            raise AssertionError(f"the driver baseline did not store the identical rows of {s.table}")
+    for table in TABLES:
+        if read_back(backend, source, table).rows != read_back(backend, target, table).rows:
+            raise AssertionError(f"the driver baseline did not store the identical rows of {table}")
 
 
 # --------------------------------------------------------------------------------------------- runs
@@ -219,31 +211,47 @@ APPLY_MEASURES = ("apply, all new", "apply, replay (all ignored)", "apply, newer
 
 
 def run_backend(backend: str, pg_url: str, n: int, scales: list[int], tmp: Path) -> Run:
+    """One run on fresh databases: the store's, and one per driver baseline."""
     run = Run(backend)
-    with fresh_database(backend, pg_url, tmp) as url, fresh_database(backend, pg_url, tmp) as copy_url:
-        store, target = migrated(url), migrated(copy_url)
-        try:
-            for label, updates in zip(
-                APPLY_MEASURES,
-                (order_updates(n), order_updates(n), order_updates(n, filled=5, seq0=10**9)),
-                strict=True,
-            ):
-                run.rates[label] = rate(n, partial(apply_all, store, updates))
-                if label == APPLY_MEASURES[0]:  # the identical rows are those the new orders wrote
-                    stored = [read_back(backend, store.engine, t) for t in TABLES]
-                    for name, value in driver_baselines(backend, target.engine, stored).items():
-                        run.rates[f"driver {name}"] = value
-            grown = n
-            for size in scales:
-                bulk_fill(backend, store.engine, grown, size)
-                grown = size
-                touch = order_updates(10_000, filled=7, seq0=2 * 10**9 + size)
-                fresh = order_updates(10_000, start=10_000_000 + size, seq0=3 * 10**9 + size)
-                run.rates[f"{size:>9,} stored: 10k newer"] = rate(10_000, partial(apply_all, store, touch))
-                run.rates[f"{size:>9,} stored: 10k new"] = rate(10_000, partial(apply_all, store, fresh))
-        finally:
-            store.engine.dispose()
-            target.engine.dispose()
+    methods = ["executemany", "COPY"] if backend == "postgresql" else ["executemany"]
+    with ExitStack() as stack:
+        store = migrated(stack.enter_context(fresh_database(backend, pg_url, tmp)))
+        stack.callback(store.engine.dispose)
+        baselines = []
+        for method in methods:
+            target = migrated(stack.enter_context(fresh_database(backend, pg_url, tmp)))
+            stack.callback(target.engine.dispose)
+            baselines.append(DriverBaseline(backend, method, target.engine))
+            stack.callback(baselines[-1].close)
+        # All new, batch by batch: apply() (timed), its rows read back (untimed), the same rows
+        # written by each driver method (timed). Interleaved, so that both sides of every ratio are
+        # timed over the same seconds of this shared machine.
+        updates, seconds = order_updates(n), 0.0
+        for i in range(0, n, BATCH):
+            chunk = updates[i : i + BATCH]
+            start = time.perf_counter()
+            store.apply(chunk, account=ACCOUNT)
+            seconds += time.perf_counter() - start
+            ids = (chunk[0].data["order_id"], chunk[-1].data["order_id"])
+            stored = [read_back(backend, store.engine, t, ids) for t in TABLES]
+            assert len(stored[0].rows) == len(stored[1].rows) == len(chunk), "one event per new order"
+            for baseline in baselines:
+                baseline.write(stored)
+        run.rates[APPLY_MEASURES[0]] = n / seconds
+        for baseline in baselines:
+            check_identical(backend, store.engine, baseline.engine)
+            run.rates[f"driver {baseline.method}"] = baseline.updates / baseline.seconds
+        replay, newer = order_updates(n), order_updates(n, filled=5, seq0=10**9)
+        run.rates[APPLY_MEASURES[1]] = rate(n, partial(apply_all, store, replay))
+        run.rates[APPLY_MEASURES[2]] = rate(n, partial(apply_all, store, newer))
+        grown = n
+        for size in scales:
+            bulk_fill(backend, store.engine, grown, size)
+            grown = size
+            touch = order_updates(10_000, filled=7, seq0=2 * 10**9 + size)
+            fresh = order_updates(10_000, start=10_000_000 + size, seq0=3 * 10**9 + size)
+            run.rates[f"{size:>9,} stored: 10k newer"] = rate(10_000, partial(apply_all, store, touch))
+            run.rates[f"{size:>9,} stored: 10k new"] = rate(10_000, partial(apply_all, store, fresh))
     return run
 
 

@@ -85,7 +85,12 @@ class SqliteWriter:
 
     def write_progress(self, conn: Connection, progress: list[dict[str, Any]]) -> None:
         sql = upsert.progress_sql("sqlite")
-        params = [tuple(_bind(schema.stream_progress.c[c], r[c]) for c in sql.params) for r in progress]
+        columns = []
+        for name in sql.params:
+            convert = _converter(schema.stream_progress.c[name])
+            values = [r[name] for r in progress]
+            columns.append(values if convert is None else convert(values, {}))
+        params = list(zip(*columns, strict=True))
         cur = _driver(conn).cursor()
         try:
             cur.executemany(sql.text, params)
@@ -98,20 +103,16 @@ def _driver(conn: Connection) -> Any:
 
 
 # ------------------------------------------------------------------------------------ conversions
-@lru_cache(maxsize=8192)
 def _datetime(value: dt.datetime | None) -> str | None:
-    """What SQLAlchemy's SQLite ``DATETIME`` stores for :class:`~..schema.UTCDateTime`.
-
-    Naive UTC text ``YYYY-MM-DD HH:MM:SS.ffffff`` (always six fraction digits, as SQLAlchemy's
-    storage format). Cached: a batch repeats the same second-resolution timestamps a lot.
-    """
+    """What SQLAlchemy's SQLite ``DATETIME`` stores for :class:`~..schema.UTCDateTime`: naive UTC
+    text ``YYYY-MM-DD HH:MM:SS.ffffff`` (always six fraction digits, its storage format)."""
     if value is None:
         return None
     if value.tzinfo is None:
         raise ValueError(f"naive datetime {value!r}: the store only accepts aware datetimes")
     if value.utcoffset():
         value = value.astimezone(_UTC)
-    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+    return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
 
 
 def _json_text(value: Any) -> str:
@@ -122,20 +123,48 @@ def _float(value: Any) -> float | None:
     return None if value is None else float(value)  # SQLAlchemy's Numeric on SQLite binds float
 
 
-def _converter(column: sa.Column[Any]) -> Callable[[Any], Any] | None:
-    """How a value of *column* is bound (``None``: as it is: text, integers, booleans, bytes)."""
+#: A whole column of a batch, and a cache of converted values shared by the batch's columns
+#: -> the column's driver values.
+ColumnConverter = Callable[[Sequence[Any], dict[Any, Any]], list[Any]]
+
+
+def _by_distinct_value(convert: Callable[[Any], Any]) -> ColumnConverter:
+    """*convert* applied once per distinct value of a batch (prices and times repeat, and
+    ``first_seen_at`` is ``received_at`` of the same update).
+
+    The cache is shared by the batch's columns of every such type: a ``datetime`` never equals a
+    ``Decimal``, and ``None`` converts to ``None`` in both. Money: equal ``Decimal``s of another
+    scale or sign of zero share a ``float``, which SQLite's ``NUMERIC`` affinity stores as the same
+    value anyway (``0.0`` and ``-0.0`` both as integer 0).
+    """
+
+    def column(values: Sequence[Any], cache: dict[Any, Any]) -> list[Any]:
+        for value in set(values).difference(cache):
+            cache[value] = convert(value)
+        return list(map(cache.__getitem__, values))
+
+    return column
+
+
+def _json_column(values: Sequence[Any], cache: dict[Any, Any]) -> list[Any]:
+    """JSON values (not hashable: no cache)."""
+    return list(map(_json_text, values))
+
+
+_DATETIMES: Final = _by_distinct_value(_datetime)
+_MONEY: Final = _by_distinct_value(_float)
+_JSON: Final[ColumnConverter] = _json_column
+
+
+def _converter(column: sa.Column[Any]) -> ColumnConverter | None:
+    """How a column of values is bound (``None``: as it is: text, integers, booleans, bytes)."""
     if isinstance(column.type, sa.JSON):
-        return _json_text
+        return _JSON
     if isinstance(column.type, sa.TypeDecorator) and isinstance(column.type.impl, sa.DateTime):
-        return _datetime
+        return _DATETIMES
     if isinstance(column.type, sa.Numeric) and not isinstance(column.type, sa.Integer):
-        return _float
+        return _MONEY
     return None
-
-
-def _bind(column: sa.Column[Any], value: Any) -> Any:
-    convert = _converter(column)
-    return value if convert is None else convert(value)
 
 
 @dataclass(frozen=True)
@@ -147,7 +176,7 @@ class _Plan:
     key_cols: tuple[str, ...]
     table: sa.Table
     get: Callable[[dict[str, Any]], tuple[Any, ...]]  # a row's values in parameter order
-    converters: tuple[tuple[int, Callable[[Any], Any]], ...]  # (parameter, conversion), but raw
+    converters: tuple[tuple[int, ColumnConverter], ...]  # (parameter, conversion), but raw
     raw: int  # the parameter of ``raw`` (JSON text)
 
     def pack(self, prepared: Sequence[PreparedRow]) -> list[tuple[Any, ...]]:
@@ -155,10 +184,11 @@ class _Plan:
 
         ``raw`` is the JSON text validation encoded (``PreparedRow.raw_json``) when there is one.
         """
-        values = list(map(self.get, [p.row for p in prepared]))
-        columns: list[Sequence[Any]] = list(zip(*values, strict=True))
+        get = self.get
+        columns: list[Sequence[Any]] = list(zip(*[get(p.row) for p in prepared], strict=True))
+        cache: dict[Any, Any] = {}
         for i, convert in self.converters:
-            columns[i] = list(map(convert, columns[i]))
+            columns[i] = convert(columns[i], cache)
         raws = [p.raw_json for p in prepared]
         if None in raws:
             raws = [
