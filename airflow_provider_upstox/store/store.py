@@ -173,7 +173,12 @@ class PortfolioStore:
                 self._fall_back(writer, exc)
 
     def _fall_back(self, failed: BatchWriter, reason: WriterUnavailable) -> None:
-        """Write through SQLAlchemy from now on: *failed* cannot work with this database."""
+        """Write through SQLAlchemy from now on: *failed* cannot work with this database.
+
+        :raises WriterUnavailable: the generic writer itself failed (nothing to fall back to).
+        """
+        if isinstance(failed, SqlAlchemyWriter):
+            raise reason
         with self._lock:
             if self._writer is failed:
                 log.warning(

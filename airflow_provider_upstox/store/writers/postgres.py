@@ -81,7 +81,7 @@ class PostgresCopyWriter:
                         staged += 1
             except conn.dialect.loaded_dbapi.Error:
                 log.info(
-                    "Streaming orders to the COPY stage failed; the batch is written again", exc_info=True
+                    "Streaming orders to the COPY stage failed; its transaction is rolled back", exc_info=True
                 )
                 raise
             cur.execute(_orders_sql(columns))
