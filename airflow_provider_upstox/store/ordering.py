@@ -1,6 +1,6 @@
-"""The ordering rule of PROTOCOL.md section 5, written down as a *version* per state.
+"""The ordering rule of ``docs/PROTOCOL.md`` §5, written down as a *version* per state.
 
-This is where the ordering rule of PROTOCOL.md section 5 is written down, as a *version*: a
+This is where the ordering rule of ``docs/PROTOCOL.md`` §5 is written down, as a *version*: a
 fixed-width big-endian byte string per state whose bytewise order is the rule. The database only
 compares ``new.version > stored.version`` (see :mod:`.upsert`), and the in-batch de-duplication
 (:mod:`.batch`) compares the same bytes, so Python and SQL can never disagree.
@@ -72,7 +72,7 @@ STATUS_RANK: Final[dict[str, int]] = {
     "complete": 23,
 }
 
-#: GTT rule statuses a rule never leaves (PROTOCOL.md section 2: PENDING is the only other one).
+#: GTT rule statuses a rule never leaves (``docs/PROTOCOL.md`` §2: PENDING is the only other one).
 TERMINAL_GTT_RULE_STATUSES: Final[frozenset[str]] = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 
 _ORDER_VERSION = struct.Struct(">BQQQHQQ")  # terminal, event_ts_us, filled, request id, rank, recv, seq
