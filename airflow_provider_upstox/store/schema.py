@@ -5,7 +5,7 @@ several accounts can share one store. Each state row carries the bookkeeping the
 
 ``version``
     A fixed-width byte string computed in Python (see :mod:`.rows`) whose *bytewise* order is the
-    ordering rule of PROTOCOL.md section 5. The upsert's condition is only
+    ordering rule of ``docs/PROTOCOL.md`` §5. The upsert's condition is only
     ``new.version > stored.version``, which PostgreSQL (``bytea``), SQLite (``BLOB``) and
     MySQL/MariaDB (``VARBINARY``) all compare as raw bytes, so the rule holds inside the database,
     under concurrent writers, with no collation surprises. Orders: 43 bytes; positions: 24
