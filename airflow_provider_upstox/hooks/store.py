@@ -4,6 +4,12 @@ The engine comes from the connection's own common-sql hook (``PostgresHook``, ``
 ``SqliteHook``...): ``DbApiHook.get_sqlalchemy_engine()``, so whatever URL, driver and extras the
 user configured for that connection type are honoured, and this provider never parses connection
 fields itself. The store stays Airflow-free; only this module imports Airflow.
+
+One exception, so that MySQL/MariaDB needs no compiler: a ``mysql`` (or ``mariadb``) connection
+whose hook is not installed (the ``[mysql]`` extra is PyMySQL alone; Airflow's MySQL provider needs
+the C ``mysqlclient`` on Linux), or whose hook asks for ``mysqlclient`` where it is not installed,
+is opened with PyMySQL (``mysql+pymysql://``) from the connection's host, port, login, password,
+schema and ``charset`` extra.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import sqlalchemy as sa
 from airflow.providers.common.sql.hooks.sql import DbApiHook
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException
@@ -51,6 +58,30 @@ def get_portfolio_store(sql_conn_id: str, engine_kwargs: dict[str, Any] | None =
     """
     kwargs: dict[str, Any] = {"pool_pre_ping": True, "json_serializer": json_dumps}
     kwargs.update(engine_kwargs or {})
-    engine = get_db_hook(sql_conn_id).get_sqlalchemy_engine(engine_kwargs=kwargs)
+    try:
+        engine = get_db_hook(sql_conn_id).get_sqlalchemy_engine(engine_kwargs=kwargs)
+    except (TypeError, ModuleNotFoundError) as exc:
+        engine = _pymysql_engine(sql_conn_id, kwargs, exc)
     log.debug("Portfolio store on connection %s (%s)", sql_conn_id, engine.dialect.name)
     return PortfolioStore(engine)
+
+
+def _pymysql_engine(sql_conn_id: str, engine_kwargs: dict[str, Any], cause: Exception) -> sa.Engine:
+    """A PyMySQL engine for a MySQL/MariaDB connection *cause* kept from its own hook; else re-raise."""
+    connection = BaseHook.get_connection(sql_conn_id)
+    no_mysqlclient = isinstance(cause, ModuleNotFoundError) and cause.name == "MySQLdb"
+    if (connection.conn_type or "").lower() not in ("mysql", "mariadb") or not (
+        no_mysqlclient or isinstance(cause, TypeError)
+    ):
+        raise cause
+    url = sa.URL.create(
+        "mysql+pymysql",
+        username=connection.login or None,
+        password=connection.password or None,
+        host=connection.host or "localhost",
+        port=int(connection.port) if connection.port else None,
+        database=connection.schema or None,
+        query={"charset": str(connection.extra_dejson.get("charset") or "utf8mb4")},
+    )
+    log.info("Connection %s: opening MySQL/MariaDB with PyMySQL (%s)", sql_conn_id, type(cause).__name__)
+    return sa.create_engine(url, **engine_kwargs)
