@@ -55,11 +55,3 @@ def test_mysql_connection_without_mysqlclient_opens_the_store_with_pymysql(
     engine = sa.create_engine(mariadb_url, poolclass=sa.pool.NullPool)
     assert "upstox_orders" in sa.inspect(engine).get_table_names()
     engine.dispose()
-
-
-@pytest.mark.timeout(240)
-def test_other_connection_types_keep_their_error(tmp_path: Path) -> None:
-    result = _probe({"conn_type": "http", "host": "example.invalid"}, tmp_path)
-    assert result.returncode != 0
-    assert "TypeError" in result.stderr
-    assert "not a common-sql DbApiHook" in result.stderr or "no hook is installed" in result.stderr
