@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -29,6 +31,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=None, help="simulator updates per second")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so that the simulator and the work directory are cleaned up
+    # (--ui installs its own handlers that also stop the Airflow processes).
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 
     work = Path(tempfile.mkdtemp(prefix="upstox-demo-"))
     try:

@@ -63,10 +63,16 @@ class Processes:
                 raise SystemExit(f"airflow {name} exited ({proc.returncode}); end of its log:\n{tail}")
 
     def stop(self) -> None:
-        """SIGTERM every group (API server last), SIGKILL what is left after the grace period."""
+        """SIGTERM each leader (API server last), SIGKILL each group after the grace period.
+
+        Only the leaders get SIGTERM: each shuts its own children down in order (the triggerer's
+        supervisor tells its trigger runner, the scheduler its executor's workers); a SIGTERM to a
+        whole group would hit those children mid-protocol and stall the shutdown.
+        """
         order = list(reversed(self.procs.items()))
         for _, proc in order:
-            _signal_group(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + GRACE_SECONDS
         for name, proc in order:
             try:
@@ -144,6 +150,10 @@ def run(demo: Demo, *, port: int | None, rate: float, status_every: float = 15) 
         AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="1",
         AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL="1",
         AIRFLOW__CORE__PARALLELISM="4",
+        # the log servers of task workers and the triggerer (fixed 8793/8794 by default, on every
+        # interface): free ports, so that another Airflow on this machine does not collide
+        AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(free_port()),
+        AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(free_port()),
     )
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     procs = Processes(demo, env)

@@ -172,6 +172,11 @@ def test_ui_serves_the_dags_and_ctrl_c_leaves_nothing_running(
         with chromium_page(browser) as page:
             page.navigate(f"{url}/dags")
             page.wait_for(" && ".join(f"document.body.innerText.includes({d!r})" for d in DAG_IDS), 90)
+            # the connections are in the metadata DB (not env vars), so the UI lists them
+            page.navigate(f"{url}/connections")
+            page.wait_for("document.body.innerText.includes('upstox_default')", 60)
+            page.navigate(f"{url}/assets")
+            page.wait_for("document.body.innerText.includes('upstox_events__upstox_default')", 60)
         # The events DAG streams: the store fills and the DAG runs (printed every 15 s).
         status = _wait_for_line(log, r"^demo: ([1-9]\d*) of \d+ orders stored; [1-9]\d* runs", proc, 180)
         assert int(status[1]) > 0
