@@ -6,14 +6,14 @@ user configured for that connection type are honoured, and this provider never p
 fields itself. The store stays Airflow-free; only this module imports Airflow.
 
 One exception, so that MySQL/MariaDB needs no compiler: a ``mysql`` (or ``mariadb``) connection
-whose hook is not installed (the ``[mysql]`` extra is PyMySQL alone; Airflow's MySQL provider needs
-the C ``mysqlclient`` on Linux), or whose hook asks for ``mysqlclient`` where it is not installed,
-is opened with PyMySQL (``mysql+pymysql://``) from the connection's host, port, login, password,
-schema and ``charset`` extra.
+is opened with PyMySQL when its hook asks for a ``mysqlclient`` that is not installed (the hook's
+URL, driver swapped), or when Airflow's MySQL provider is not installed at all (the ``[mysql]`` extra
+is PyMySQL alone; the URL is built from the connection's fields).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from typing import Any
 
@@ -59,21 +59,36 @@ def get_portfolio_store(sql_conn_id: str, engine_kwargs: dict[str, Any] | None =
     kwargs: dict[str, Any] = {"pool_pre_ping": True, "json_serializer": json_dumps}
     kwargs.update(engine_kwargs or {})
     try:
-        engine = get_db_hook(sql_conn_id).get_sqlalchemy_engine(engine_kwargs=kwargs)
-    except (TypeError, ModuleNotFoundError) as exc:
-        engine = _pymysql_engine(sql_conn_id, kwargs, exc)
+        hook = get_db_hook(sql_conn_id)
+    except TypeError:
+        engine = _pymysql_engine_without_hook(sql_conn_id, kwargs)
+        if engine is None:
+            raise
+    else:
+        try:
+            engine = hook.get_sqlalchemy_engine(engine_kwargs=kwargs)
+        except ImportError:
+            url = _pymysql_instead_of_mysqlclient(hook)
+            if url is None:
+                raise
+            log.info("Connection %s: mysqlclient is not installed, using PyMySQL", sql_conn_id)
+            engine = sa.create_engine(url, **kwargs)
     log.debug("Portfolio store on connection %s (%s)", sql_conn_id, engine.dialect.name)
     return PortfolioStore(engine)
 
 
-def _pymysql_engine(sql_conn_id: str, engine_kwargs: dict[str, Any], cause: Exception) -> sa.Engine:
-    """A PyMySQL engine for a MySQL/MariaDB connection *cause* kept from its own hook; else re-raise."""
+def _pymysql_engine_without_hook(sql_conn_id: str, engine_kwargs: dict[str, Any]) -> sa.Engine | None:
+    """A PyMySQL engine for a ``mysql``/``mariadb`` connection whose provider is not installed.
+
+    The ``[mysql]`` extra is PyMySQL alone (Airflow's MySQL provider needs the C ``mysqlclient`` on
+    Linux): the URL is built from the connection's host, port, login, password, schema and
+    ``charset`` extra. ``None`` for any other connection type (the caller keeps its error).
+    """
     connection = BaseHook.get_connection(sql_conn_id)
-    no_mysqlclient = isinstance(cause, ModuleNotFoundError) and cause.name == "MySQLdb"
-    if (connection.conn_type or "").lower() not in ("mysql", "mariadb") or not (
-        no_mysqlclient or isinstance(cause, TypeError)
-    ):
-        raise cause
+    if (connection.conn_type or "").lower() not in ("mysql", "mariadb"):
+        return None
+    if importlib.util.find_spec("pymysql") is None:
+        return None
     url = sa.URL.create(
         "mysql+pymysql",
         username=connection.login or None,
@@ -83,5 +98,18 @@ def _pymysql_engine(sql_conn_id: str, engine_kwargs: dict[str, Any], cause: Exce
         database=connection.schema or None,
         query={"charset": str(connection.extra_dejson.get("charset") or "utf8mb4")},
     )
-    log.info("Connection %s: opening MySQL/MariaDB with PyMySQL (%s)", sql_conn_id, type(cause).__name__)
+    log.info("Connection %s: no MySQL provider installed, using PyMySQL", sql_conn_id)
     return sa.create_engine(url, **engine_kwargs)
+
+
+def _pymysql_instead_of_mysqlclient(hook: DbApiHook) -> sa.URL | None:
+    """The hook's URL with the PyMySQL driver, if it names mysqlclient and only PyMySQL is installed.
+
+    ``MySqlHook`` builds ``mysql://`` (mysqlclient) unless the connection's extra says
+    ``"client": "pymysql"``; the provider's ``[mysql]`` extra installs PyMySQL, and mysqlclient (a C
+    extension needing the MySQL client library) may be missing, e.g. on macOS.
+    """
+    url = sa.make_url(hook.get_uri())
+    if url.drivername not in ("mysql", "mariadb") or importlib.util.find_spec("pymysql") is None:
+        return None
+    return url.set(drivername=f"{url.drivername}+pymysql")

@@ -1,6 +1,7 @@
 """Airflow-free SQLAlchemy Core store: schema, migrations, ordered idempotent upserts.
 
-See :class:`PortfolioStore`. The ordering rule is documented in :mod:`.rows`.
+See :class:`PortfolioStore` (the facade), :mod:`.writers` (how a batch reaches each database) and
+:mod:`.ordering` (the ordering rule as version bytes).
 """
 
 from airflow_provider_upstox.store.migrations import SchemaVersionError

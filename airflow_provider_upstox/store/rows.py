@@ -1,42 +1,6 @@
 """Turn validated :class:`~airflow_provider_upstox.models.updates.Update` objects into table rows.
 
-This is where the ordering rule of PROTOCOL.md section 5 is written down, as a *version*: a
-fixed-width big-endian byte string per state whose bytewise order is the rule. The database only
-compares ``new.version > stored.version`` (see :mod:`.upsert`), and the in-batch de-duplication
-compares the same bytes, so Python and SQL can never disagree.
-
-Order version, most significant first:
-
-1. ``is_terminal``: a terminal status (complete, cancelled, rejected, cancelled after market order)
-   is never replaced by a non-terminal one.
-2. ``event_ts``: ``exchange_timestamp``, falling back to ``order_timestamp`` (one-second resolution).
-3. ``filled_quantity``: fills only grow.
-4. ``order_request_id`` as a number: each modify (and, we assume, each cancel) request increments it.
-5. :data:`STATUS_RANK`: the lifecycle position of the status. Upstox timestamps have one-second
-   resolution, so one order easily has several states in the same second with the same fill and
-   request id (``put order req received`` -> ``validation pending`` -> ``open pending`` -> ``open``);
-   the rank orders them. Unknown statuses rank lowest among non-terminal ones.
-6. ``received_at_us``: arrival time; for a snapshot row the time the snapshot request *began*. Only
-   reached when the data is otherwise identical, so a snapshot row never overwrites an identical live
-   state received after the snapshot began, and a snapshot row whose *data* is newer (it was read
-   later) wins over an older live state however late that live state arrived.
-7. ``seq``: arrival sequence, the final tie-break.
-
-Positions, holdings and GTT orders are full states with no timestamp. Each version ends with
-``(received_at_us, seq)``, so that among states of equal *progress* the newest received wins and a
-snapshot row (received_at = request start) loses to a live message received after the snapshot
-began; what counts as progress comes first:
-
-- GTT order: ``(finished rules, received_at_us, seq)``. A rule only moves from ``PENDING`` to a
-  terminal status (``COMPLETED``, ``FAILED``, ``CANCELLED``) and never back, so a state with more
-  finished rules is newer, however late it arrives: a stale ``PENDING`` state received after the
-  ``CANCELLED`` one (in-stream reordering) is ignored.
-- Position: ``(India trading date of received_at, day_buy_quantity + day_sell_quantity,
-  received_at_us, seq)``. Within one trading day the day's traded quantity only grows (each fill
-  adds to it); the day legs restart at the next trading day, which the date ranks first.
-- Holding: ``(received_at_us, seq)``: last received wins. No field of a holding only grows (sells
-  lower ``quantity``, settlement moves ``t1_quantity``), so a holding state reordered *within* the
-  stream can still win over a newer one until the next message or snapshot of that holding.
+Each row carries its *version*, the ordering rule written as bytes (:mod:`.ordering`).
 
 Validation (:func:`prepare`, with :mod:`.validation`) rejects, per update, everything a database
 would refuse, so one bad update never fails its batch: a NUL character (U+0000: PostgreSQL
@@ -49,11 +13,9 @@ fit a signed BIGINT, epochs and timestamps must lie between 2000 and 2100, money
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import operator
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -80,56 +42,15 @@ from airflow_provider_upstox.models.updates import (
     parse_india_time,
     typed_view,
 )
-from airflow_provider_upstox.store import schema, validation
-from airflow_provider_upstox.store.validation import TEXT_LIMIT, account_problem
+from airflow_provider_upstox.store import ordering, schema, validation
+from airflow_provider_upstox.store.ordering import STATUS_RANK, TERMINAL_GTT_RULE_STATUSES, status_rank
+from airflow_provider_upstox.store.validation import MAX_EPOCH_US, MIN_EPOCH_US, TEXT_LIMIT, account_problem
 
-__all__ = ["TEXT_LIMIT", "account_problem"]  # re-exported: validation lives in .validation
+# Re-exported: the rule lives in .ordering, validation in .validation.
+__all__ = ["STATUS_RANK", "TERMINAL_GTT_RULE_STATUSES", "TEXT_LIMIT", "account_problem", "status_rank"]
 
 log = logging.getLogger(__name__)
 
-#: Lifecycle rank of order statuses (tie-break 5 above). Within one (timestamp, fill, request id)
-#: group a realistic history only moves up this list: initial placement states, then modify/cancel
-#: request states (each with a new request id), their outcomes, and the working states last.
-STATUS_RANK: Final[dict[str, int]] = {
-    "put order req received": 1,
-    "after market order req received": 2,
-    "modify after market order req received": 3,
-    "validation pending": 4,
-    "modify validation pending": 5,
-    "open pending": 6,
-    "modify pending": 7,
-    "cancel pending": 8,
-    "modified": 9,
-    "not modified": 10,
-    "not cancelled": 11,
-    "trigger pending": 12,
-    "open": 13,
-    "rejected": 20,
-    "cancelled": 21,
-    "cancelled after market order": 22,
-    "complete": 23,
-}
-
-#: GTT rule statuses a rule never leaves (PROTOCOL.md section 2: PENDING is the only other one).
-TERMINAL_GTT_RULE_STATUSES: Final[frozenset[str]] = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
-
-_ORDER_VERSION = struct.Struct(">BQQQHQQ")  # terminal, event_ts_us, filled, request id, rank, recv, seq
-# Holding: (received_at_us, seq). GTT: the same 16 bytes with the finished-rule count in the top
-# byte of the first word (received_at_us < 2**56), so a row written before GTT progress was ranked
-# reads as "0 finished rules" and no migration is needed.
-_STATE_VERSION = struct.Struct(">QQ")
-# Position: (trading day << 48 | day traded quantity, received_at_us, seq).
-_POSITION_VERSION = struct.Struct(">QQQ")
-assert _ORDER_VERSION.size == schema.ORDER_VERSION_LEN
-assert _STATE_VERSION.size == schema.STATE_VERSION_LEN
-assert _POSITION_VERSION.size == schema.POSITION_VERSION_LEN
-
-_MIN_EPOCH_US: Final = 946_684_800_000_000  # 2000-01-01
-_MAX_EPOCH_US: Final = 4_102_444_800_000_000  # 2100-01-01
-_MAX_U64: Final = 2**64 - 1
-_MAX_U48: Final = 2**48 - 1
-_INDIA_OFFSET_US: Final = 19_800_000_000  # +05:30
-_DAY_US: Final = 86_400_000_000
 _MONEY_QUANTUM: Final = Decimal("0.000001")
 
 
@@ -198,35 +119,8 @@ def _india_time(value: str | None) -> tuple[datetime | None, int]:
     return parsed, _us(parsed)
 
 
-@lru_cache(maxsize=256)
-def _status(status: str) -> tuple[str, bool, int]:
-    """*status* normalised, whether it is terminal, and its :data:`STATUS_RANK` (cached: a few
-    dozen statuses exist)."""
-    normal = status.strip().lower()
-    return normal, normal in TERMINAL_ORDER_STATUSES, STATUS_RANK.get(normal, 0)
-
-
-@lru_cache(maxsize=1024, typed=True)  # typed: True must not hit the entry of 1
-def _request_id(value: str | int) -> int:
-    """``order_request_id`` as a number (it counts modify/cancel requests: "1", "2"...), or -1 if
-    it is not a decimal number of at most 18 digits. Cached: a handful of values repeat."""
-    text = str(value).strip()
-    if not (text.isascii() and text.isdigit()) or len(text) > 18:
-        return -1
-    return int(text)
-
-
-def status_rank(status: str) -> int:
-    """Rank of *status* in :data:`STATUS_RANK` (0 for a status Upstox may add later)."""
-    return STATUS_RANK.get(status.strip().lower(), 0)
-
-
 def _us(value: datetime | None) -> int:
     return 0 if value is None else int(value.timestamp()) * 1_000_000 + value.microsecond
-
-
-def _clamp(value: int) -> int:
-    return min(max(value, 0), _MAX_U64)
 
 
 def resolve_account(update: Update, account: str | None) -> str | None:
@@ -354,17 +248,17 @@ def _order_row(update: Update, view: Order, row: dict[str, Any], raw_json: str) 
         order_ts, order_us = _india_time(view.order_timestamp)
     except (ValueError, OverflowError) as exc:  # OverflowError: year 1 India time is year 0 in UTC
         raise _invalid(update, f"bad timestamp: {exc}") from None
-    if (exchange_us and not _MIN_EPOCH_US <= exchange_us <= _MAX_EPOCH_US) or (
-        order_us and not _MIN_EPOCH_US <= order_us <= _MAX_EPOCH_US
+    if (exchange_us and not MIN_EPOCH_US <= exchange_us <= MAX_EPOCH_US) or (
+        order_us and not MIN_EPOCH_US <= order_us <= MAX_EPOCH_US
     ):
         for name, us in (("exchange_timestamp", exchange_us), ("order_timestamp", order_us)):
-            if us and not _MIN_EPOCH_US <= us <= _MAX_EPOCH_US:
+            if us and not MIN_EPOCH_US <= us <= MAX_EPOCH_US:
                 raise _invalid(
                     update, f"bad timestamp: {name}={getattr(view, name)!r} is not between 2000 and 2100"
                 )
     request_id = 0
     if view.order_request_id:  # None and "" mean no request id
-        request_id = _request_id(view.order_request_id)
+        request_id = ordering.request_number(view.order_request_id)
         if request_id < 0:
             raise _invalid(update, f"order_request_id={view.order_request_id!r} is not a number")
     event_ts: datetime | None
@@ -372,10 +266,10 @@ def _order_row(update: Update, view: Order, row: dict[str, Any], raw_json: str) 
         event_ts, event_us = exchange_ts, exchange_us
     else:
         event_ts, event_us = order_ts, order_us
-    status, terminal, rank = _status(view.status)
+    status, terminal, rank = ordering.status_info(view.status)
     filled = view.filled_quantity or 0
     # Every field is in range by now (validated; struct.error would reject the update otherwise).
-    version = _ORDER_VERSION.pack(
+    version = ordering.order_version(
         terminal, event_us, filled, request_id, rank, update.received_at_us, update.seq
     )
     row.update(
@@ -387,7 +281,7 @@ def _order_row(update: Update, view: Order, row: dict[str, Any], raw_json: str) 
         version=version,
     )
     state = (status, filled, request_id, exchange_us, order_us)
-    state_id = hashlib.sha1(repr(state).encode(), usedforsecurity=False).hexdigest()
+    state_id = ordering.order_state_id(state)
     return PreparedRow(ORDER, (row["account"], view.order_id), version, row, state_id, raw_json)
 
 
@@ -395,7 +289,7 @@ def _state_row(
     update: Update, row: dict[str, Any], key: tuple[str, ...], raw_json: str, progress: int = 0
 ) -> PreparedRow:
     """Holding (and GTT, with *progress* = finished rules): ``(progress, received_at_us, seq)``."""
-    version = _STATE_VERSION.pack(min(progress, 255) << 56 | update.received_at_us, update.seq)
+    version = ordering.state_version(update.received_at_us, update.seq, progress)
     row["version"] = version
     return PreparedRow(update.update_type, key, version, row, None, raw_json)
 
@@ -404,31 +298,25 @@ def _position_row(
     update: Update, view: Position, row: dict[str, Any], key: tuple[str, ...], raw_json: str
 ) -> PreparedRow:
     """``(India trading date, day traded quantity, received_at_us, seq)`` (see the module docstring)."""
-    day = (update.received_at_us + _INDIA_OFFSET_US) // _DAY_US
-    traded = min((view.day_buy_quantity or 0) + (view.day_sell_quantity or 0), _MAX_U48)
-    version = _POSITION_VERSION.pack(day << 48 | traded, update.received_at_us, update.seq)
+    traded = (view.day_buy_quantity or 0) + (view.day_sell_quantity or 0)
+    version = ordering.position_version(update.received_at_us, traded, update.seq)
     row["version"] = version
     return PreparedRow(POSITION, key, version, row, None, raw_json)
-
-
-def finished_rules(view: GttOrder) -> int:
-    """How many rules of a GTT order are in a terminal status (its progress: only ever grows)."""
-    return sum(
-        1 for rule in view.rules if rule.status and rule.status.strip().upper() in TERMINAL_GTT_RULE_STATUSES
-    )
 
 
 def _gtt_row(update: Update, view: GttOrder, row: dict[str, Any], raw_json: str) -> PreparedRow:
     for name in ("created_at", "expires_at"):
         value = getattr(view, name)
-        if value is not None and not _MIN_EPOCH_US <= value <= _MAX_EPOCH_US:
+        if value is not None and not MIN_EPOCH_US <= value <= MAX_EPOCH_US:
             raise _invalid(update, f"{name}={value!r} is not epoch microseconds between 2000 and 2100")
     row.update(
         created_at=epoch_us_to_utc(view.created_at),
         expires_at=epoch_us_to_utc(view.expires_at),
         rules=update.data.get("rules") or [],
     )
-    return _state_row(update, row, (row["account"], view.gtt_order_id), raw_json, finished_rules(view))
+    return _state_row(
+        update, row, (row["account"], view.gtt_order_id), raw_json, ordering.finished_rules(view)
+    )
 
 
 def _check_lengths(update: Update, row: dict[str, Any], plan: _Plan) -> None:

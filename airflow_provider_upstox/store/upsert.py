@@ -1,13 +1,13 @@
-"""Dialect-native multi-row upserts with the ordering rule inside the statement (SQLAlchemy Core).
+"""Every statement that writes a batch, built in ONE place per dialect (SQLAlchemy Core).
 
-``apply()`` uses these for MySQL/MariaDB; PostgreSQL and SQLite batches go through the equivalent
-driver-level statements of :mod:`.bulk` (same condition, faster), and these stay the reference the
-tests compare that path against.
+The writers (:mod:`.writers`) execute these statements, either through SQLAlchemy (the generic
+writer) or as the fixed driver-level text they compile to once (:func:`driver_sql`: the SQLite and
+PostgreSQL COPY writers), so the SQL of each dialect exists once.
 
 PostgreSQL and SQLite::
 
-    INSERT ... VALUES (...), (...) ON CONFLICT (key) DO UPDATE SET ... WHERE excluded.version > t.version
-    RETURNING revision
+    INSERT ... VALUES (...) | SELECT ... FROM <stage>
+    ON CONFLICT (key) DO UPDATE SET ..., revision = t.revision + 1 WHERE excluded.version > t.version
 
 MySQL/MariaDB::
 
@@ -16,163 +16,166 @@ MySQL/MariaDB::
         version = CASE WHEN ... THEN VALUES(version) ELSE version END
 
 MySQL evaluates the assignments left to right and each sees the columns already assigned, so
-``version`` (the rule's input) is assigned *last*. MySQL has no ``RETURNING`` for upserts: the rows
-this batch wrote are read back by key and ``write_id`` (one keyed SELECT per batch, after the
-write, inside the same transaction, so its row locks are held).
+``version`` (the rule's input) is assigned *last*. MySQL has no ``RETURNING`` for upserts: the
+generic writer reads the rows back by key and ``write_id``.
 
-Because the condition is evaluated by the database against the row it has locked, the rule holds
-with any number of concurrent writers. SQLAlchemy's "insertmanyvalues" turns the parameter list into
-multi-row ``VALUES`` pages. Rows must be unique per key within a statement (PostgreSQL refuses to
-touch a row twice) and are sorted by key so concurrent writers lock rows in the same order.
+Because the condition is evaluated by the database against the row it has locked, the ordering
+rule holds with any number of concurrent writers. Rows must be unique per key within a statement
+(PostgreSQL refuses to touch a row twice) and sorted by key, so concurrent writers lock rows in the
+same order.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
-from sqlalchemy.engine import Connection
 
-_NEVER_UPDATED = frozenset({"revision", "first_seen_at", "version"})
+from airflow_provider_upstox.store import schema
+
+#: Columns an upsert never overwrites with the new state's value (``version`` is set by the rule).
+NEVER_UPDATED: Final = frozenset({"revision", "first_seen_at", "version"})
+#: The key of ``upstox_order_events`` (an order's distinct states).
+EVENT_KEY: Final = tuple(c.name for c in schema.order_events.primary_key.columns)
+#: The key of ``upstox_stream_progress``.
+PROGRESS_KEY: Final = tuple(c.name for c in schema.stream_progress.primary_key.columns)
+#: The progress columns a batch writes (``state`` belongs to the operators).
+PROGRESS_COLUMNS: Final = (*PROGRESS_KEY, "last_seq", "last_received_at", "batches", "updates", "updated_at")
+
+MYSQL_DIALECTS: Final = frozenset({"mysql", "mariadb"})
+_ONE: Final[sa.ColumnClause[Any]] = sa.literal_column("1")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WriteCounts:
+    """What one upsert did to its rows."""
+
     inserted: int
     updated: int
     ignored: int
+
+    def plus_ignored(self, ignored: int) -> WriteCounts:
+        """These counts with *ignored* more (updates that lost to another of their batch)."""
+        return WriteCounts(self.inserted, self.updated, self.ignored + ignored)
 
 
 def counts_from_revisions(revisions: Sequence[int], n_rows: int) -> WriteCounts:
     """Counts of an upsert of *n_rows* rows from the ``revision`` of each row it wrote.
 
     A written row with revision 1 was inserted, any other was updated (a newer state); the rows
-    not written were stale or duplicates. Shared by every path that reads revisions back
-    (``RETURNING`` here and in :mod:`.bulk`, the keyed read-back on MySQL).
+    not written were stale or duplicates.
     """
     inserted = sum(1 for r in revisions if r == 1)
     return WriteCounts(inserted, len(revisions) - inserted, n_rows - len(revisions))
 
 
-def _is_mysql(conn: Connection) -> bool:
-    return conn.dialect.name in ("mysql", "mariadb")
-
-
-def _insert(conn: Connection, table: sa.Table) -> Any:
-    name = conn.dialect.name
-    if name == "postgresql":
+def _insert(dialect: str, table: sa.Table) -> Any:
+    if dialect == "postgresql":
         return postgresql.insert(table)
-    if name == "sqlite":
+    if dialect == "sqlite":
         return sqlite.insert(table)
-    if name in ("mysql", "mariadb"):
+    if dialect in MYSQL_DIALECTS:
         return mysql.insert(table)
-    raise NotImplementedError(f"the portfolio store does not support the {name!r} dialect")
+    raise NotImplementedError(f"the portfolio store does not support the {dialect!r} dialect")
 
 
-def upsert_states(
-    conn: Connection, table: sa.Table, key_cols: Sequence[str], rows: list[dict[str, Any]], write_id: int
-) -> WriteCounts:
-    """Upsert *rows* (unique per key, sorted) into *table*; stale states are left alone."""
-    if not rows:
-        return WriteCounts(0, 0, 0)
-    count = len(rows)
-    columns = list(rows[0])
-    update_cols = [c for c in columns if c not in key_cols and c not in _NEVER_UPDATED]
-    ins = _insert(conn, table)
-    if not _is_mysql(conn):
+def state_upsert(
+    dialect: str,
+    table: sa.Table,
+    columns: Sequence[str],
+    key_cols: Sequence[str],
+    source: sa.Select[Any] | None = None,
+) -> Any:
+    """Upsert of *columns* into a state *table*, the ordering rule in its condition.
+
+    :param source: rows from a ``SELECT`` (PostgreSQL's COPY stage) instead of bound values.
+    """
+    ins = _insert(dialect, table)
+    if source is not None:
+        ins = ins.from_select(list(columns), source)
+    update_cols = [c for c in columns if c not in key_cols and c not in NEVER_UPDATED]
+    if dialect not in MYSQL_DIALECTS:
         excluded = ins.excluded
         set_: dict[str, Any] = {c: excluded[c] for c in update_cols}
-        set_["revision"] = table.c.revision + sa.literal_column("1")
+        set_["revision"] = table.c.revision + _ONE
         set_["version"] = excluded.version
-        stmt = ins.on_conflict_do_update(
+        return ins.on_conflict_do_update(
             index_elements=list(key_cols), set_=set_, where=excluded.version > table.c.version
-        ).returning(table.c.revision)
-        return counts_from_revisions([r[0] for r in conn.execute(stmt, rows)], count)
-
+        )
     new = ins.inserted
     newer = new.version > table.c.version
     pairs: list[tuple[str, Any]] = [(c, sa.case((newer, new[c]), else_=table.c[c])) for c in update_cols]
-    pairs.append(
-        ("revision", sa.case((newer, table.c.revision + sa.literal_column("1")), else_=table.c.revision))
-    )
+    pairs.append(("revision", sa.case((newer, table.c.revision + _ONE), else_=table.c.revision)))
     pairs.append(("version", sa.case((newer, new.version), else_=table.c.version)))  # must stay last
-    conn.execute(ins.on_duplicate_key_update(pairs), rows)
-    return _read_back(conn, table, key_cols, rows, write_id)
+    return ins.on_duplicate_key_update(pairs)
 
 
-def _read_back(
-    conn: Connection, table: sa.Table, key_cols: Sequence[str], rows: list[dict[str, Any]], write_id: int
-) -> WriteCounts:
-    """Count this batch's writes on MySQL: rows whose ``write_id`` is ours, found by primary key."""
-    first, *rest = key_cols  # "account" first: group by it so the PK prefix is used
-    groups: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
-    for row in rows:
-        groups[row[first]].append(tuple(row[c] for c in rest))
-    revisions: list[int] = []
-    for account, keys in groups.items():
-        cond = (
-            table.c[rest[0]].in_([k[0] for k in keys])
-            if len(rest) == 1
-            else sa.tuple_(*(table.c[c] for c in rest)).in_(keys)
-        )
-        stmt = sa.select(table.c.revision).where(
-            table.c[first] == account, cond, table.c.write_id == write_id
-        )
-        revisions.extend(r[0] for r in conn.execute(stmt))
-    return counts_from_revisions(revisions, len(rows))
-
-
-def insert_ignore(
-    conn: Connection, table: sa.Table, key_cols: Sequence[str], rows: list[dict[str, Any]]
-) -> int:
-    """Insert *rows*, skipping keys already present; returns how many were new."""
-    if not rows:
-        return 0
-    ins = _insert(conn, table)
-    if _is_mysql(conn):
-        # INSERT IGNORE also turns data errors into warnings, but rows.prepare() has already checked
+def event_insert(dialect: str, source: sa.Select[Any] | None = None) -> Any:
+    """Insert of ``upstox_order_events`` rows that skips states already recorded."""
+    table = schema.order_events
+    ins = _insert(dialect, table)
+    if source is not None:
+        ins = ins.from_select([c.name for c in table.c], source)
+    if dialect in MYSQL_DIALECTS:
+        # INSERT IGNORE also turns data errors into warnings, but validation has already checked
         # lengths and ranges; a no-op ON DUPLICATE KEY UPDATE would make rowcount useless instead
         # (SQLAlchemy connects with CLIENT_FOUND_ROWS).
-        result = conn.execute(ins.prefix_with("IGNORE"), rows)
-        return max(result.rowcount, 0)
-    params: Any = rows
-    stmt = ins.on_conflict_do_nothing(index_elements=list(key_cols)).returning(table.c[key_cols[0]])
-    return len(conn.execute(stmt, params).all())
+        return ins.prefix_with("IGNORE")
+    return ins.on_conflict_do_nothing(index_elements=list(EVENT_KEY))
 
 
-def greatest(conn: Connection, a: Any, b: Any) -> Any:
+def _greatest(dialect: str, a: Any, b: Any) -> Any:
     """``GREATEST(a, b)`` ignoring NULLs (SQLite spells it ``max(a, b)``)."""
-    if conn.dialect.name == "sqlite":
-        return sa.func.max(sa.func.coalesce(a, b), sa.func.coalesce(b, a))
-    return sa.func.greatest(sa.func.coalesce(a, b), sa.func.coalesce(b, a))
+    fn = sa.func.max if dialect == "sqlite" else sa.func.greatest
+    return fn(sa.func.coalesce(a, b), sa.func.coalesce(b, a))
 
 
-def upsert_progress(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    """Advance per-(account, stream_key) progress: max seq/received_at, add counters."""
-    if not rows:
-        return
-    ins = _insert(conn, table)
-    if _is_mysql(conn):
-        new = ins.inserted
-        pairs = [
-            ("last_seq", greatest(conn, table.c.last_seq, new.last_seq)),
-            ("last_received_at", greatest(conn, table.c.last_received_at, new.last_received_at)),
-            ("batches", table.c.batches + new.batches),
-            ("updates", table.c.updates + new.updates),
-            ("updated_at", new.updated_at),
-        ]
-        conn.execute(ins.on_duplicate_key_update(pairs), rows)
-        return
-    ex = ins.excluded
-    set_ = {
-        "last_seq": greatest(conn, table.c.last_seq, ex.last_seq),
-        "last_received_at": greatest(conn, table.c.last_received_at, ex.last_received_at),
-        "batches": table.c.batches + ex.batches,
-        "updates": table.c.updates + ex.updates,
-        "updated_at": ex.updated_at,
+def progress_upsert(dialect: str) -> Any:
+    """Advance per-(account, stream_key) progress rows: max seq/received_at, add the counters."""
+    t = schema.stream_progress
+    ins = _insert(dialect, t)
+    new = ins.inserted if dialect in MYSQL_DIALECTS else ins.excluded
+    values = {
+        "last_seq": _greatest(dialect, t.c.last_seq, new.last_seq),
+        "last_received_at": _greatest(dialect, t.c.last_received_at, new.last_received_at),
+        "batches": t.c.batches + new.batches,
+        "updates": t.c.updates + new.updates,
+        "updated_at": new.updated_at,
     }
-    conn.execute(ins.on_conflict_do_update(index_elements=["account", "stream_key"], set_=set_), rows)
+    if dialect in MYSQL_DIALECTS:
+        return ins.on_duplicate_key_update(values)
+    return ins.on_conflict_do_update(index_elements=list(PROGRESS_KEY), set_=values)
+
+
+#: Compile-only dialects with positional parameters: the drivers' own ``executemany`` form.
+_DRIVER_DIALECTS: Final[dict[str, sa.Dialect]] = {
+    "postgresql": postgresql.dialect(paramstyle="format"),  # type: ignore[no-untyped-call]
+    "sqlite": sqlite.dialect(paramstyle="qmark"),  # type: ignore[no-untyped-call]
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DriverSql:
+    """A statement as the text a driver executes, and the column of each positional parameter."""
+
+    text: str
+    params: tuple[str, ...]
+
+
+def driver_sql(stmt: Any, dialect: str, columns: Sequence[str] = ()) -> DriverSql:
+    """*stmt* compiled once to driver text (PostgreSQL ``%s`` or SQLite ``?`` parameters).
+
+    :param columns: the columns bound as parameters (an ``INSERT ... VALUES`` statement).
+    """
+    compiled = stmt.compile(dialect=_DRIVER_DIALECTS[dialect], column_keys=list(columns))
+    return DriverSql(str(compiled), tuple(compiled.positiontup or ()))
+
+
+@lru_cache(maxsize=4)
+def progress_sql(dialect: str) -> DriverSql:
+    """:func:`progress_upsert` as driver text (PostgreSQL and SQLite writers)."""
+    return driver_sql(progress_upsert(dialect), dialect, PROGRESS_COLUMNS)

@@ -24,8 +24,9 @@ from airflow_provider_upstox.models import updates as _updates
 from airflow_provider_upstox.models.updates import SNAPSHOT, STREAM, TYPED_VIEWS, Update
 from airflow_provider_upstox.store import schema
 
-_MIN_EPOCH_US: Final = 946_684_800_000_000  # 2000-01-01
-_MAX_EPOCH_US: Final = 4_102_444_800_000_000  # 2100-01-01
+#: The range of every stored epoch and timestamp: 2000-01-01 to 2100-01-01 (epoch microseconds).
+MIN_EPOCH_US: Final = 946_684_800_000_000
+MAX_EPOCH_US: Final = 4_102_444_800_000_000
 _MAX_I64: Final = 2**63 - 1  # seq is stored in a signed BIGINT
 _MAX_I32: Final = 2**31 - 1  # connection_epoch is stored in a signed INTEGER
 _SOURCES: Final = frozenset({STREAM, SNAPSHOT})
@@ -49,7 +50,7 @@ def check_envelope(update: Update, account: str) -> None:
         raise invalid(update, "seq, received_at_us and connection_epoch must be integers")
     if (
         0 <= seq <= _MAX_I64
-        and _MIN_EPOCH_US <= received_us <= _MAX_EPOCH_US
+        and MIN_EPOCH_US <= received_us <= MAX_EPOCH_US
         and 0 <= epoch <= _MAX_I32
         and update.source in _SOURCES
         and _ACCOUNTS_OK.get(account)  # type: ignore[call-overload]
@@ -57,7 +58,7 @@ def check_envelope(update: Update, account: str) -> None:
         return  # the common case, in one expression; anything else takes the naming checks below
     if not 0 <= seq <= _MAX_I64:
         raise invalid(update, f"seq={seq!r} is out of range (0 to 2**63-1)")
-    if not _MIN_EPOCH_US <= received_us <= _MAX_EPOCH_US:
+    if not MIN_EPOCH_US <= received_us <= MAX_EPOCH_US:
         raise invalid(
             update, f"received_at_us={received_us!r} is not epoch microseconds between 2000 and 2100"
         )
@@ -146,7 +147,7 @@ def _constrained(name: str, tp: Any, column: sa.Column[Any] | None) -> Any:
     if tp is float and name not in _updates.EPOCH_FIELDS:
         return Annotated[float, msgspec.Meta(ge=-_MAX_ABS, le=_MAX_ABS)]  # NaN fails both bounds
     if tp is int and name in _updates.EPOCH_FIELDS:
-        return Annotated[int, msgspec.Meta(ge=_MIN_EPOCH_US, le=_MAX_EPOCH_US)]
+        return Annotated[int, msgspec.Meta(ge=MIN_EPOCH_US, le=MAX_EPOCH_US)]
     if tp is int:
         unsigned = name.endswith("quantity") and name not in _updates.SIGNED_QUANTITIES
         return Annotated[int, msgspec.Meta(ge=0 if unsigned else -_MAX_ABS, le=_MAX_ABS)]
@@ -231,7 +232,7 @@ def reject_row(update: Update, account: str | None, error: str, now: datetime) -
     is not valid Unicode is replaced, and every field is cut to its column.
     """
     received = None
-    if type(update.received_at_us) is int and 0 < update.received_at_us < 4_102_444_800_000_000:
+    if type(update.received_at_us) is int and 0 < update.received_at_us < MAX_EPOCH_US:
         received = update.received_at
     key = update.key if isinstance(update.data, dict) else None
     return {

@@ -21,7 +21,7 @@ FMT = "%Y-%m-%d %H:%M:%S"
 
 
 def order_message(order_id: str, **fields: Any) -> dict[str, Any]:
-    """An order message shaped like PROTOCOL.md's example."""
+    """An order message shaped like the example of ``docs/PROTOCOL.md`` §2."""
     data: dict[str, Any] = {
         "update_type": "order",
         "user_id": "AB1234",

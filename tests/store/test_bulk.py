@@ -1,4 +1,4 @@
-"""The driver-level write path (store/bulk.py) against the SQLAlchemy path, and ``read_state``.
+"""The driver-level writers (store/writers/sqlite.py, postgres.py) against SQLAlchemy, and ``read_state``.
 
 ``apply()`` writes PostgreSQL and SQLite through short driver-level statements that convert values
 themselves; these tests pin that it stores byte-for-byte what SQLAlchemy's column types would store,
@@ -17,8 +17,9 @@ import pytest
 import sqlalchemy as sa
 
 from airflow_provider_upstox.models.updates import Update
-from airflow_provider_upstox.store import PortfolioStore, schema, upsert
+from airflow_provider_upstox.store import PortfolioStore, schema
 from airflow_provider_upstox.store.rows import prepare
+from airflow_provider_upstox.store.writers import sqlalchemy_core
 from tests.store.histories import BASE_RECEIVED_US, order_message
 from tests.store.test_store import GTT, HOLDING, POSITION, upd
 
@@ -75,9 +76,9 @@ def test_apply_stores_exactly_what_sqlalchemy_types_store(store: PortfolioStore)
     with store.engine.begin() as conn:
         for update_type, table in schema.STATE_TABLES.items():
             batch_rows = [p.row for p in prepared if p.update_type == update_type]
-            upsert.upsert_states(conn, table, schema.KEY_COLUMNS[update_type], batch_rows, 1)
+            sqlalchemy_core.upsert_rows(conn, table, schema.KEY_COLUMNS[update_type], batch_rows)
         events = [p.event for p in prepared if p.event is not None]
-        upsert.insert_ignore(conn, schema.order_events, ("account", "order_id", "state_id"), events)
+        sqlalchemy_core.insert_events(conn, events)
 
     for table in (*schema.STATE_TABLES.values(), schema.order_events):
         fast, slow = _raw_rows(store, table, "FAST"), _raw_rows(store, table, "SLOW")

@@ -13,7 +13,9 @@ import pytest
 import sqlalchemy as sa
 
 from airflow_provider_upstox.models.updates import Update
-from airflow_provider_upstox.store import ApplyResult, PortfolioStore, bulk, rows, schema
+from airflow_provider_upstox.store import ApplyResult, PortfolioStore, rows, schema
+from airflow_provider_upstox.store.upsert import WriteCounts
+from airflow_provider_upstox.store.writers import PostgresCopyWriter, SqlAlchemyWriter
 from tests.store.helpers import event_keys, state_rows
 from tests.store.histories import order_message
 from tests.store.test_bulk import _mixed_batch, _norm_json, _raw_rows
@@ -49,18 +51,18 @@ def _terminate_other_sessions(url: sa.URL) -> int:
 
 
 def test_the_store_uses_the_copy_path_with_psycopg3(pg_store: PortfolioStore) -> None:
-    assert pg_store._pg_copy
-    staged: list[int] = []
-    original = bulk.PgOrderStage.write
+    assert isinstance(pg_store.writer, PostgresCopyWriter)
+    written: list[Any] = []
+    original = PostgresCopyWriter.write_orders
 
-    def spy(self: bulk.PgOrderStage) -> Any:
-        staged.append(self.count)
-        return original(self)
+    def spy(self: PostgresCopyWriter, *args: Any) -> Any:
+        written.append(original(self, *args))
+        return written[-1]
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bulk.PgOrderStage, "write", spy)
+        mp.setattr(PostgresCopyWriter, "write_orders", spy)
         result = pg_store.apply(_orders(30, recv=1), account="COPY")
-    assert staged == [30]
+    assert written == [(WriteCounts(30, 0, 0), 30)]
     assert result == ApplyResult(inserted=30, events=30)
 
 
@@ -146,7 +148,7 @@ def test_psycopg2_connections_take_the_sqlalchemy_path_and_store_the_same(
         legacy = PortfolioStore.from_url(sa.make_url(postgres_url).set(drivername="postgresql+psycopg2"))
     assert "through psycopg2" in caplog.text
     try:
-        assert not legacy._pg_copy
+        assert isinstance(legacy.writer, SqlAlchemyWriter)
         batch = _mixed_batch()
         assert pg_store.apply(batch, account="PG3") == legacy.apply(batch, account="PG2")
         assert pg_store.apply(batch, account="PG3") == legacy.apply(batch, account="PG2")  # replay
@@ -172,6 +174,7 @@ def test_a_role_without_temporary_tables_falls_back_to_sqlalchemy(
         conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
         conn.exec_driver_sql(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}")
     restricted = PortfolioStore.from_url(url.set(username=role))
+    assert isinstance(restricted.writer, PostgresCopyWriter)  # chosen before the privilege shows
     try:
         with caplog.at_level(logging.WARNING):
             first = restricted.apply(
@@ -179,7 +182,7 @@ def test_a_role_without_temporary_tables_falls_back_to_sqlalchemy(
             )
         assert first == ApplyResult(inserted=41, events=40)
         assert "TEMPORARY privilege" in caplog.text
-        assert not restricted._pg_copy
+        assert isinstance(restricted.writer, SqlAlchemyWriter)
         second = restricted.apply(_orders(40, recv=100, status="complete", filled=10), account="NOTEMP")
         assert second == ApplyResult(updated=40, events=40)
         assert {r["status"] for r in state_rows(pg_store, schema.orders, "NOTEMP").values()} == {"complete"}
