@@ -46,7 +46,11 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     say "installing the provider and its runtime dependencies (Airflow; a few minutes the first time; log: $LOG)"
     {
         "$VENV/bin/python" -m pip install --upgrade pip &&
-        "$VENV/bin/python" -m pip install -c "$CONSTRAINTS" -e "$ROOT"
+        if "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+            "$VENV/bin/python" -m pip install -c "$CONSTRAINTS" -e "$ROOT"
+        else  # the pins are for 3.11 (e.g. websockets 17 needs >= 3.11): let pip resolve for this Python
+            "$VENV/bin/python" -m pip install -e "$ROOT"
+        fi
     } >"$LOG" 2>&1 || fail_with_log "installing"
     echo "$WANT" >"$STAMP"
 else
