@@ -30,9 +30,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from airflow_provider_upstox.simulator import http as h
+from airflow_provider_upstox.simulator.auth import SimulatedAuth
 from airflow_provider_upstox.simulator.control_api import ControlAPI
 from airflow_provider_upstox.simulator.faults import SCENARIOS, Faults
 from airflow_provider_upstox.simulator.model import Emitted, MarketModel
+from airflow_provider_upstox.simulator.request_body import BodyReadingConnection
 from airflow_provider_upstox.simulator.rest import REST_PATHS, rest_read
 
 log = logging.getLogger(__name__)
@@ -133,6 +135,7 @@ class UpstoxSimulator:
         self._expiry_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.control_api = ControlAPI(self)
+        self.auth = SimulatedAuth(self)  # login flows of docs/PROTOCOL.md §6 (issue 16)
         self._configure(seed, scenario)
 
     # ------------------------------------------------------------------ lifecycle
@@ -171,6 +174,7 @@ class UpstoxSimulator:
             max_size=2**20,
             write_limit=2**20,
             logger=_ws_log,
+            create_connection=BodyReadingConnection,  # login POSTs carry bodies (issue 16)
         )
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
@@ -317,6 +321,9 @@ class UpstoxSimulator:
         self.counters.http_requests += 1
         parts = urlsplit(request.path)
         path, query = parts.path, parse_qs(parts.query, keep_blank_values=True)
+        login = await self.auth.route(conn, request, path, query)  # issue 16
+        if login is not None:
+            return login
         if path.startswith("/_sim/"):
             return await self.control_api.handle(request.method, path, query)
         if path == h.SOCKET_PATH:
