@@ -9,8 +9,8 @@ extra          ``update_types`` (default all four), ``timeout`` (seconds, defaul
                ``verify`` (TLS verification, default true); for token renewal (all optional):
                ``client_id`` (API key), ``client_secret`` (API secret, masked by Airflow as its
                name contains ``secret``), ``redirect_uri``, ``user_id`` (the expected account),
-               ``renew_daily`` (include in the ``upstox_token_renewal`` DAG), and ``renewal``
-               (written by the plugin with a new token: issued/expiry time, user, fingerprint)
+               and ``renewal`` (written by the plugin with a new token: issued/expiry time,
+               user, fingerprint of the token it describes)
 =============  ==============================================================================
 
 The token and every authorized stream URI are registered with Airflow's secrets masker as soon as
@@ -399,6 +399,16 @@ class UpstoxHook(BaseHook):  # type: ignore[misc]  # airflow is not type-checked
     def token_fingerprint(self) -> str | None:
         """Sync :meth:`atoken_fingerprint`."""
         return token_fingerprint(self.get_connection(self.upstox_conn_id).password)
+
+    async def arenewal_state(self) -> tuple[str | None, dict[str, Any]]:
+        """``(fingerprint, renewal record)`` of the connection now (fresh read); the record is ``{}``
+        unless it describes the current token (see ``plugins/connections.py``)."""
+        conn, extra = await _aget_connection_and_extra(self, self.upstox_conn_id)
+        fingerprint = token_fingerprint(conn.password)
+        record = extra.get(RENEWAL_EXTRA_KEY)
+        if isinstance(record, dict) and fingerprint and record.get("fingerprint") == fingerprint:
+            return fingerprint, record
+        return fingerprint, {}
 
     def forget_settings(self) -> None:
         """Drop the cached connection, so the next call reads the (possibly renewed) token again."""
