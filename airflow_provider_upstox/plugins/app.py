@@ -13,14 +13,16 @@ Routes (relative to the prefix):
 Authentication is Airflow's: ``get_user`` reads the same JWT (cookie or bearer) as the core API,
 and authorization asks the configured auth manager, so the plugin follows whatever the deployment
 uses (simple, FAB, Keycloak...). Nothing here returns or logs a token or the app secret.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: FastAPI reads the route signatures at runtime, and
+they name a dependency local to :func:`create_app`.
+"""
 
 import asyncio
 import json
 import logging
 from typing import Annotated, Any, Final, Literal
+from urllib.parse import parse_qsl, urlencode
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -57,13 +59,13 @@ def _authorized(user: Any, conn_id: str, method: Literal["GET", "PUT"]) -> bool:
 
 
 def _app_url(request: Request) -> str:
-    """This app's external URL (scheme, host, and the mount prefix)."""
-    return str(request.base_url).rstrip("/")
+    """This app's external URL: scheme, host, Airflow's root path, and the mount prefix."""
+    root = str(request.base_url).rstrip("/")
+    return root if root.endswith(URL_PREFIX) else root + URL_PREFIX
 
 
 def _page_url(request: Request) -> str:
-    root = _app_url(request)
-    return root[: -len(URL_PREFIX)] + f"/plugin/{UI_ROUTE}" if root.endswith(URL_PREFIX) else root + "/tokens"
+    return _app_url(request)[: -len(URL_PREFIX)] + f"/plugin/{UI_ROUTE}"
 
 
 def _with_redirect(app: login.LoginApp, request: Request) -> login.LoginApp:
@@ -130,6 +132,7 @@ def create_app() -> FastAPI:
         request: Request, user: user_dep, code: str = "", state: str = ""
     ) -> HTMLResponse:
         back = _page_url(request)
+        _hide_code_from_access_log(request)
 
         def fail(status: int, message: str) -> HTMLResponse:
             log.warning("Upstox login callback refused: %s", message)
@@ -213,6 +216,16 @@ def create_app() -> FastAPI:
         return JSONResponse({"status": "success", "connections": written})
 
     return app
+
+
+def _hide_code_from_access_log(request: Request) -> None:
+    """Replace the authorization code in the request's query string, which Airflow's access log
+    writes when the request finishes (its redaction knows no ``code`` key). Starlette hands the
+    same scope dict through every middleware and mount, so the log line reads the edited one."""
+    query = request.scope.get("query_string", b"")
+    if b"code=" in query:
+        pairs = [(k, "***" if k == "code" else v) for k, v in parse_qsl(query.decode("latin-1"), True)]
+        request.scope["query_string"] = urlencode(pairs).encode()
 
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:

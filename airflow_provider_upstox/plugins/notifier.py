@@ -159,15 +159,37 @@ async def verify_with_profile(delivery: Delivery, conn: store.UpstoxConnection) 
         raise Rejected(403, "the delivered token belongs to another user")
 
 
+async def _verified(
+    delivery: Delivery, targets: list[store.UpstoxConnection]
+) -> list[store.UpstoxConnection]:
+    """The targets whose Upstox (one profile read per distinct endpoint) accepts the token as the user's.
+
+    :raises Rejected: no endpoint accepted it (the first refusal).
+    """
+    outcome: dict[tuple[str, float, bool], Rejected | None] = {}
+    for conn in targets:
+        endpoint = login_endpoint(conn.conn_id, conn.host, conn.port, conn.extra)
+        if endpoint not in outcome:
+            try:
+                await verify_with_profile(delivery, conn)
+                outcome[endpoint] = None
+            except Rejected as exc:
+                outcome[endpoint] = exc
+    verified = [c for c in targets if outcome[login_endpoint(c.conn_id, c.host, c.port, c.extra)] is None]
+    if not verified:
+        raise next(exc for exc in outcome.values() if exc is not None)
+    return verified
+
+
 async def accept(delivery: Delivery) -> list[str]:
     """Run checks 5-7 on a parsed delivery and write the token; the connection ids written.
 
     :raises Rejected: the first failed check (nothing written).
     """
     targets = route(delivery, await asyncio.to_thread(store.list_connections))
-    await verify_with_profile(delivery, targets[0])
+    verified = await _verified(delivery, targets)
     written = []
-    for conn in targets:
+    for conn in verified:
         try:
             await asyncio.to_thread(
                 store.write_token,
