@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from airflow_provider_upstox.client import login
 from airflow_provider_upstox.client.login import IST
 from airflow_provider_upstox.simulator import RunningSimulator
 
@@ -110,3 +111,12 @@ def sim_control(sim: RunningSimulator, name: str, **params: Any) -> httpx.Respon
     return httpx.post(
         f"{sim.base_url}/_sim/auth/{name}", params={k: json.dumps(v) for k, v in params.items()}, timeout=30
     )
+
+
+def approve_by_phone(sim: RunningSimulator) -> dict[str, Any]:
+    """The DAG's token request and the user's approval: Upstox POSTs to the notifier."""
+    app = login.LoginApp(APP["client_id"], APP["client_secret"])
+    login.parse_token_request(login.send(login.token_request_request(sim.base_url, app)))
+    answer = sim_control(sim, "approve")
+    assert answer.status_code == 200, answer.text
+    return answer.json()  # type: ignore[no-any-return]
