@@ -49,6 +49,8 @@ def test_page_lists_connections_with_token_state(
     env = plugin_server.state(ENV_CONN_ID)
     assert "environment variable" in env["read_only_reason"]
 
+    stored = plugin_server.http.get("/api/v2/connections/upstox_page_ok")
+    assert APP["client_secret"] not in stored.text  # Airflow masks the "secret" key of the extra
     page = plugin_server.http.get("/upstox/tokens")
     assert page.status_code == 200
     assert "upstox_page_ok" in page.text
