@@ -3,7 +3,7 @@
 Naming (stable: DAGs schedule on these names, so changing them breaks users' DAGs):
 
 * one asset per Upstox connection and portfolio kind, emitted by
-  :class:`~airflow_provider_upstox.operators.stream.UpstoxPortfolioStreamOperator` for each kind it
+  :class:`~airflow_provider_upstox.operators.portfolio_stream.UpstoxPortfolioStreamOperator` for each kind it
   persisted during a run: name ``upstox_<kind>__<conn_id>``, URI ``upstox://<conn_id>/<kind>`` with
   ``kind`` in ``orders``, ``positions``, ``holdings``, ``gtt_orders``;
 * the stream operator's outlet is an :class:`~airflow.sdk.AssetAlias` ``upstox_stream__<conn_id>``.
@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from airflow.sdk import Asset, AssetAlias, AssetWatcher
 
+from airflow_provider_upstox.market_hours import parse_stop_at
 from airflow_provider_upstox.models.updates import GTT_ORDER, HOLDING, ORDER, POSITION, normalize_update_types
 
 log = logging.getLogger(__name__)
@@ -166,8 +167,6 @@ def configured_stop_at(default: str = "15:30") -> str | None:
 
     :raises ValueError: naming the variable when it is set to anything else.
     """
-    from airflow_provider_upstox.operators._stopping import parse_stop_at
-
     text = os.environ.get("UPSTOX_STOP_AT", "").strip() or default
     if text.lower() == "off":
         return None

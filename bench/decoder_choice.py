@@ -1,9 +1,9 @@
 """Which decoder turns a stream frame into an ``Update`` fastest? (``python bench/decoder_choice.py``)
 
-Decodes the same realistic frames (PROTOCOL.md order/position/holding/GTT messages, mixed) with each
-candidate and prints frames/s and the ratio to the baseline, ``msgspec.json.decode`` to a dict then
-``models.strip_deprecated``. The stream client uses the winner in ``stream/decode.py``; the typed views
-(``models.typed_view``) are built later, only where a consumer needs them.
+Decodes the same realistic frames (order/position/holding/GTT messages of ``docs/PROTOCOL.md`` §2,
+mixed) with each candidate and prints frames/s and the ratio to the baseline, ``msgspec.json.decode``
+to a dict then ``models.strip_deprecated``. The stream client uses the winner in ``stream/decode.py``;
+the typed views (``models.typed_view``) are built later, only where a consumer needs them.
 """
 
 from __future__ import annotations

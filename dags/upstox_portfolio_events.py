@@ -3,7 +3,7 @@
 The triggerer runs one :class:`UpstoxPortfolioStreamTrigger` per connection for as long as this DAG
 exists; each batch becomes an event of the asset ``upstox_events__<conn_id>`` and this DAG, scheduled
 on any of them, persists every event after the watermark kept in the store (not only the events
-that triggered the run: see :mod:`airflow_provider_upstox.operators.events`). ``max_active_runs=1``
+that triggered the run: see :mod:`airflow_provider_upstox.operators.asset_events`). ``max_active_runs=1``
 keeps one writer per watermark; an extra run is harmless anyway, the store is idempotent.
 
 A run also starts every few minutes (``UPSTOX_EVENTS_CATCHUP_CRON``, default every 5 minutes; ``off``
@@ -28,7 +28,7 @@ from airflow_provider_upstox.assets import (
     configured_sql_conn_id,
     watched_asset,
 )
-from airflow_provider_upstox.operators.events import UpstoxPersistAssetEventsOperator
+from airflow_provider_upstox.operators.asset_events import UpstoxPersistAssetEventsOperator
 
 WATCHED = [
     watched_asset(conn_id, max_batch_wait=configured_float("UPSTOX_MAX_BATCH_WAIT", 1.0))

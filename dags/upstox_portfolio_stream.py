@@ -25,7 +25,7 @@ from airflow_provider_upstox.assets import (
     configured_sql_conn_id,
     configured_stop_at,
 )
-from airflow_provider_upstox.operators.stream import UpstoxPortfolioStreamOperator
+from airflow_provider_upstox.operators.portfolio_stream import UpstoxPortfolioStreamOperator
 
 with DAG(
     dag_id="upstox_portfolio_stream",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-#: Upstox's live REST host (PROTOCOL.md section 1). The sandbox host serves no portfolio feed.
+#: Upstox's live REST host (``docs/PROTOCOL.md`` §1). The sandbox host serves no portfolio feed.
 DEFAULT_BASE_URL = "https://api.upstox.com"
 
 

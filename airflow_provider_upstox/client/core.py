@@ -51,7 +51,7 @@ POSITIONS_PATH = "/v2/portfolio/short-term-positions"
 HOLDINGS_PATH = "/v2/portfolio/long-term-holdings"
 GTT_ORDERS_PATH = "/v3/order/gtt"
 
-#: Upstox error codes with a fixed meaning (PROTOCOL.md section 3).
+#: Upstox error codes with a fixed meaning (``docs/PROTOCOL.md`` §3).
 INVALID_TOKEN_CODE = "UDAPI100050"
 RATE_LIMIT_CODE = "UDAPI10005"
 
@@ -342,7 +342,7 @@ def check_stream_uri(uri: str, path: str = AUTHORIZE_PATH) -> str:
     return uri
 
 
-#: Query parameters of an authorized stream URI that are credentials (PROTOCOL.md section 1).
+#: Query parameters of an authorized stream URI that are credentials (``docs/PROTOCOL.md`` §1).
 _SECRET_PARAMS = frozenset({"code", "requestid", "token", "access_token"})
 
 

@@ -8,9 +8,11 @@ fields itself. The store stays Airflow-free; only this module imports Airflow.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from typing import Any
 
+import sqlalchemy as sa
 from airflow.providers.common.sql.hooks.sql import DbApiHook
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException
@@ -51,6 +53,27 @@ def get_portfolio_store(sql_conn_id: str, engine_kwargs: dict[str, Any] | None =
     """
     kwargs: dict[str, Any] = {"pool_pre_ping": True, "json_serializer": json_dumps}
     kwargs.update(engine_kwargs or {})
-    engine = get_db_hook(sql_conn_id).get_sqlalchemy_engine(engine_kwargs=kwargs)
+    hook = get_db_hook(sql_conn_id)
+    try:
+        engine = hook.get_sqlalchemy_engine(engine_kwargs=kwargs)
+    except ImportError:
+        url = _pymysql_instead_of_mysqlclient(hook)
+        if url is None:
+            raise
+        log.info("Connection %s: mysqlclient is not installed, using PyMySQL", sql_conn_id)
+        engine = sa.create_engine(url, **kwargs)
     log.debug("Portfolio store on connection %s (%s)", sql_conn_id, engine.dialect.name)
     return PortfolioStore(engine)
+
+
+def _pymysql_instead_of_mysqlclient(hook: DbApiHook) -> sa.URL | None:
+    """The hook's URL with the PyMySQL driver, if it names mysqlclient and only PyMySQL is installed.
+
+    ``MySqlHook`` builds ``mysql://`` (mysqlclient) unless the connection's extra says
+    ``"client": "pymysql"``; the provider's ``[mysql]`` extra installs PyMySQL, and mysqlclient (a C
+    extension needing the MySQL client library) may be missing, e.g. on macOS.
+    """
+    url = sa.make_url(hook.get_uri())
+    if url.drivername not in ("mysql", "mariadb") or importlib.util.find_spec("pymysql") is None:
+        return None
+    return url.set(drivername=f"{url.drivername}+pymysql")

@@ -26,10 +26,10 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from airflow.sdk import BaseHook
 from tenacity.wait import wait_base
@@ -44,7 +44,7 @@ from airflow_provider_upstox.exceptions import (
     UpstoxError,
     UpstoxMalformedResponseError,
 )
-from airflow_provider_upstox.models.updates import normalize_update_types
+from airflow_provider_upstox.models.updates import GTT_ORDER, HOLDING, ORDER, POSITION, normalize_update_types
 
 try:  # task-sdk >= 1.3.2: masking that cannot deadlock inside an event loop
     from airflow.sdk.log import amask_secret, mask_secret
@@ -161,6 +161,41 @@ def _parse_extra(extra: str | dict[str, Any] | None) -> dict[str, Any]:
     if isinstance(extra, dict):
         return extra
     return json.loads(extra) if extra else {}
+
+
+_Rows = TypeVar("_Rows", covariant=True)
+
+
+class SnapshotSource(Protocol[_Rows]):
+    """The REST reads of a snapshot: :class:`UpstoxClient` (rows), :class:`AsyncUpstoxClient`
+    (awaitables of rows) and :class:`UpstoxHook` all have them."""
+
+    def get_order_book(self) -> _Rows: ...
+    def get_positions(self) -> _Rows: ...
+    def get_holdings(self) -> _Rows: ...
+    def get_gtt_orders(self) -> _Rows: ...
+
+
+def snapshot_reader(source: SnapshotSource[_Rows], update_type: str) -> Callable[[], _Rows]:
+    """The REST read that returns every current object of *update_type* (docs/PROTOCOL.md §4).
+
+    The one map from update type to snapshot read, for the stream's snapshot on connect (async
+    client) and for reconciliation (hook). ``snapshot_reader(client, "order")()`` reads the order book.
+
+    :raises ValueError: an update type without a snapshot read.
+    """
+    readers: dict[str, Callable[[], _Rows]] = {
+        ORDER: source.get_order_book,
+        POSITION: source.get_positions,
+        HOLDING: source.get_holdings,
+        GTT_ORDER: source.get_gtt_orders,
+    }
+    try:
+        return readers[update_type]
+    except KeyError:
+        raise ValueError(
+            f"no snapshot read for update type {update_type!r}; valid: {', '.join(readers)}"
+        ) from None
 
 
 class UpstoxHook(BaseHook):  # type: ignore[misc]  # airflow is not type-checked here
@@ -329,6 +364,10 @@ class UpstoxHook(BaseHook):  # type: ignore[misc]  # airflow is not type-checked
     async def aget_gtt_orders(self, gtt_order_id: str | None = None) -> list[dict[str, Any]]:
         async with await self.aget_client() as client:
             return await client.get_gtt_orders(gtt_order_id)
+
+    def get_snapshot(self, update_type: str) -> list[dict[str, Any]]:
+        """Every current object of *update_type* from its REST read (see :func:`snapshot_reader`)."""
+        return snapshot_reader(self, update_type)()
 
     # --- token renewal (issue 16): the app's login calls and what a waiting stream needs ---------
 

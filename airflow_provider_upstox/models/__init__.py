@@ -1,5 +1,17 @@
-"""Typed portfolio updates shared by the stream client, the trigger, the store and the simulator."""
+"""Typed portfolio updates shared by the stream client, the trigger, the store and the simulator,
+and the events the trigger sends its consumers (:mod:`.events`)."""
 
+from airflow_provider_upstox.models.events import (
+    BatchEvent,
+    ErrorEvent,
+    ErrorKind,
+    EventStats,
+    IdleEvent,
+    InvalidEventError,
+    StreamEvent,
+    decode_event,
+    encode_event,
+)
 from airflow_provider_upstox.models.updates import (
     DEFAULT_UPDATE_TYPES,
     GTT_ORDER,
@@ -36,13 +48,22 @@ __all__ = [
     "STREAM",
     "TERMINAL_ORDER_STATUSES",
     "UPDATE_TYPES",
+    "BatchEvent",
+    "ErrorEvent",
+    "ErrorKind",
+    "EventStats",
     "GttOrder",
     "GttRule",
     "Holding",
+    "IdleEvent",
+    "InvalidEventError",
     "Order",
     "Position",
+    "StreamEvent",
     "Update",
+    "decode_event",
     "decode_updates",
+    "encode_event",
     "encode_updates",
     "natural_key",
     "next_seq",

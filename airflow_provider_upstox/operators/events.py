@@ -1,179 +1,24 @@
-"""Event-driven ingestion: persist the batches an ``AssetWatcher`` turned into asset events.
+"""Deprecated module name: use :mod:`airflow_provider_upstox.operators.asset_events`.
 
-With an :class:`~airflow.sdk.AssetWatcher` on ``UpstoxPortfolioStreamTrigger``, every trigger event
-becomes an asset event whose ``extra`` is ``{"from_trigger": true, "payload": <the event>}``; a DAG
-scheduled on the asset persists them.
-
-Why not just ``triggering_asset_events``: Airflow has consumed events queued during an active run
-only when a later event came (apache/airflow#56050), and HA schedulers have started two runs for
-one event (#63507). So :func:`persist_asset_events` reads *every* event of the asset after a
-watermark kept in the store's database (``inlet_events[asset].after(...)``), applies them in
-(timestamp, id) order and advances the watermark after each applied chunk. The watermark is the
-last event's timestamp plus the ids of the events applied in the :data:`LOOKBACK` before it: the
-read starts that much earlier and skips those ids, so an event committed late with a slightly
-older timestamp (another scheduler or triggerer, clock skew) is still picked up. A second run for
-the same events, or a crash between apply and watermark, replays batches the store already has:
-harmless, the store is idempotent.
+Kept so DAGs written against earlier versions still import; the trigger's event payloads are
+:mod:`airflow_provider_upstox.models.events`, this module persists the *asset* events a watcher made
+of them.
 """
 
-from __future__ import annotations
+from airflow_provider_upstox.operators.asset_events import (
+    CHUNK_UPDATES,
+    DRAIN_SECONDS,
+    LOOKBACK,
+    UpstoxPersistAssetEventsOperator,
+    persist_asset_events,
+    watermark_key,
+)
 
-import logging
-import time
-from collections.abc import Sequence
-from datetime import datetime, timedelta
-from typing import Any
-
-from airflow.sdk import Asset, BaseOperator
-
-from airflow_provider_upstox.exceptions import InvalidUpdateError
-from airflow_provider_upstox.models.updates import Update, decode_updates
-from airflow_provider_upstox.operators._db import load_progress, open_store, save_progress
-
-log = logging.getLogger(__name__)
-
-#: Most updates applied in one store transaction by :func:`persist_asset_events`.
-CHUNK_UPDATES = 2000
-#: How far before the watermark each read starts (see the module docstring).
-LOOKBACK = timedelta(seconds=60)
-#: How long one task keeps re-reading while new events keep arriving.
-DRAIN_SECONDS = 60.0
-
-
-def watermark_key(asset: Asset) -> str:
-    return f"asset_events:{asset.name}"
-
-
-def persist_asset_events(
-    context: Any,
-    asset: Asset,
-    sql_conn_id: str = "upstox_db",
-    *,
-    drain_seconds: float = DRAIN_SECONDS,
-) -> dict[str, Any]:
-    """Apply every not yet persisted event of *asset* to the store; one call per task.
-
-    Reads again after each applied pass until a read finds nothing new (or *drain_seconds* have
-    passed, so a flood cannot keep one task running forever), which shrinks the window in which an
-    event can arrive during a run and wait for a later one (see the module docstring).
-
-    The task must declare *asset* in its ``inlets``.
-
-    :returns: counts: ``events`` applied, ``batches`` among them, ``updates``, ``errors`` (error
-        events seen), ``skipped`` (events read that an earlier call had applied), ``passes`` (reads
-        made), and the new watermark.
-    """
-    store = open_store(sql_conn_id)
-    key = watermark_key(asset)
-    mark = load_progress(store, key) or {}
-    mark_dt = datetime.fromisoformat(mark["timestamp"]) if mark.get("timestamp") else None
-    recent: dict[int, str] = {int(k): v for k, v in (mark.get("recent") or {}).items()}
-    accessor = context["inlet_events"][asset]
-    counts = {"events": 0, "batches": 0, "updates": 0, "errors": 0, "skipped": 0, "passes": 0}
-    pending: dict[str, list[Update]] = {}
-    pending_size = 0
-    last: Any = None
-
-    def flush() -> None:
-        nonlocal pending, pending_size, mark_dt
-        for account, updates in pending.items():
-            store.apply(updates, account=account)
-        if last is not None:
-            horizon = last.timestamp - LOOKBACK
-            kept = {i: t for i, t in recent.items() if datetime.fromisoformat(t) >= horizon}
-            recent.clear()
-            recent.update(kept)
-            mark_dt = last.timestamp
-            save_progress(
-                store,
-                key,
-                {
-                    "timestamp": last.timestamp.isoformat(),
-                    "event_id": last.id,
-                    "recent": {str(i): t for i, t in kept.items()},
-                },
-            )
-        pending, pending_size = {}, 0
-
-    handled: set[int] = set()  # applied by this call
-    skipped: set[int] = set()  # read, but applied before this call
-    deadline = time.monotonic() + drain_seconds
-    while True:
-        # ``after()`` of Airflow's accessor resets its cache, so every pass is a fresh query.
-        events = list(accessor.after((mark_dt - LOOKBACK).isoformat()) if mark_dt else accessor)
-        events.sort(key=lambda e: (e.timestamp, e.id))
-        counts["passes"] += 1
-        fresh = 0
-        for event in events:
-            if event.id in recent or (mark_dt is not None and event.timestamp < mark_dt - LOOKBACK):
-                if event.id not in handled:
-                    skipped.add(event.id)
-                continue
-            fresh += 1
-            handled.add(event.id)
-            recent[event.id] = event.timestamp.isoformat()
-            pending_size += _collect(event, asset, pending, counts)
-            last = event
-            if pending_size >= CHUNK_UPDATES:
-                flush()
-        flush()
-        if not fresh or time.monotonic() >= deadline:
-            break
-    counts["events"], counts["skipped"] = len(handled), len(skipped)
-    if last is not None:
-        counts["watermark_event_id"] = last.id
-    log.info("Persisted asset events of %s: %s", asset.name, counts)
-    return counts
-
-
-def _collect(event: Any, asset: Asset, pending: dict[str, list[Update]], counts: dict[str, int]) -> int:
-    """Queue the updates of one asset event under its account; returns how many were queued."""
-    payload = (event.extra or {}).get("payload") or {}
-    status = payload.get("status") if isinstance(payload, dict) else None
-    if status == "error":
-        counts["errors"] += 1
-        log.warning(
-            "Stream error reported by the watcher of %s: %s %s",
-            asset.name,
-            payload.get("error_type"),
-            payload.get("message"),
-        )
-        return 0
-    if status != "batch":
-        return 0
-    try:
-        updates = decode_updates(payload.get("updates") or [])
-    except InvalidUpdateError as exc:
-        log.error("Asset event %s holds an undecodable batch (%s); skipped", event.id, exc)
-        counts["errors"] += 1
-        return 0
-    if not updates:
-        return 0
-    account = str(payload.get("account") or updates[0].account or "")
-    if not account:
-        log.error("Asset event %s has no account; skipped", event.id)
-        counts["errors"] += 1
-        return 0
-    pending.setdefault(account, []).extend(updates)
-    counts["batches"] += 1
-    counts["updates"] += len(updates)
-    return len(updates)
-
-
-class UpstoxPersistAssetEventsOperator(BaseOperator):
-    """Persist every new event of watched Upstox assets (see :func:`persist_asset_events`).
-
-    :param assets: the watched assets (``assets.watched_asset(...)``); also become the task's inlets.
-    :param sql_conn_id: the store's SQL connection.
-    """
-
-    template_fields: Sequence[str] = ("sql_conn_id",)
-
-    def __init__(self, *, assets: Sequence[Asset], sql_conn_id: str = "upstox_db", **kwargs: Any) -> None:
-        kwargs.setdefault("inlets", list(assets))
-        super().__init__(**kwargs)
-        self.assets = list(assets)
-        self.sql_conn_id = sql_conn_id
-
-    def execute(self, context: Any) -> dict[str, Any]:
-        return {asset.name: persist_asset_events(context, asset, self.sql_conn_id) for asset in self.assets}
+__all__ = [
+    "CHUNK_UPDATES",
+    "DRAIN_SECONDS",
+    "LOOKBACK",
+    "UpstoxPersistAssetEventsOperator",
+    "persist_asset_events",
+    "watermark_key",
+]

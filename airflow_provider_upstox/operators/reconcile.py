@@ -2,10 +2,12 @@
 
 The stream has no replay, so the store can only be as good as the stream plus the snapshot taken on
 each reconnect. This operator checks that claim: it reads the order book, positions, holdings and
-GTT orders over REST, compares them with the stored rows of the same account (see
-:mod:`.reconciliation` for what is compared and what is out of scope), records the run and every
-difference, optionally repairs by applying the snapshot through the store (the store's ordering
-rule still applies, so a snapshot never overwrites a newer live state), and fails or warns.
+GTT orders over REST through the :class:`~airflow_provider_upstox.hooks.upstox.UpstoxHook`,
+compares them with the stored objects of the same account (see
+:mod:`airflow_provider_upstox.reconciliation` for what is compared and what is out of scope),
+records the run and every difference through the store, optionally repairs by applying the
+snapshot through the store (the store's ordering rule still applies, so a snapshot never
+overwrites a newer live state), and fails or warns.
 """
 
 from __future__ import annotations
@@ -13,81 +15,34 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import sqlalchemy as sa
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, Context
 
 from airflow_provider_upstox.models.updates import (
-    GTT_ORDER,
-    HOLDING,
     INDIA_TZ,
-    ORDER,
-    POSITION,
     SNAPSHOT,
     Update,
-    natural_key,
     next_seq,
     normalize_update_types,
     now_us,
     strip_deprecated,
 )
-from airflow_provider_upstox.operators._db import open_store, store_engine
-from airflow_provider_upstox.operators.reconciliation import (
-    Discrepancy,
-    compare,
-    create_tables,
-    finish_run,
-    index_rows,
-    start_run,
-)
+from airflow_provider_upstox.operators._db import open_store
+from airflow_provider_upstox.reconciliation import Discrepancy, compare, index_rows
+
+if TYPE_CHECKING:
+    from airflow_provider_upstox.hooks.upstox import UpstoxHook
+    from airflow_provider_upstox.store import PortfolioStore
+    from airflow_provider_upstox.store.reconciliation_log import RunStatus
 
 log = logging.getLogger(__name__)
 
 OnDiscrepancy = Literal["fail", "warn", "ignore"]
 
-#: Store table of each update type, and its natural-key columns (besides ``account``).
-STORE_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
-    ORDER: ("upstox_orders", ("order_id",)),
-    POSITION: ("upstox_positions", ("instrument_token", "product")),
-    HOLDING: ("upstox_holdings", ("isin",)),
-    GTT_ORDER: ("upstox_gtt_orders", ("gtt_order_id",)),
-}
-_RAW_COLUMNS = ("raw", "raw_json", "data", "payload", "raw_data")
-_TYPED_COLUMNS = frozenset({"status", "filled_quantity", "quantity", "day_buy_quantity", "day_sell_quantity"})
-
 
 class UpstoxReconciliationError(RuntimeError):
     """Reconciliation found differences and ``on_discrepancy="fail"``."""
-
-
-def read_stored(engine: sa.Engine, account: str, update_type: str) -> dict[str, dict[str, Any]]:
-    """Stored objects of *account* and *update_type*, keyed like the snapshot.
-
-    The object is the stored raw Upstox JSON, overlaid with typed columns of the same name (the
-    typed columns are what the store's ordering rule maintains).
-    """
-    table_name, _ = STORE_TABLES[update_type]
-    table = sa.Table(table_name, sa.MetaData(), autoload_with=engine)
-    raw_col = next((c for c in _RAW_COLUMNS if c in table.c), None)
-    result: dict[str, dict[str, Any]] = {}
-    with engine.connect() as conn:
-        for row in conn.execute(sa.select(table).where(table.c.account == account)).mappings():
-            data: dict[str, Any] = {}
-            raw = row[raw_col] if raw_col else None
-            if isinstance(raw, str):
-                import json
-
-                raw = json.loads(raw)
-            if isinstance(raw, dict):
-                data.update(raw)
-            for name, value in row.items():
-                if name in _TYPED_COLUMNS and value is not None:
-                    data[name] = value
-            key = natural_key(update_type, data)
-            if key is not None:
-                result[key] = data
-    return result
 
 
 class UpstoxReconcileOperator(BaseOperator):
@@ -121,16 +76,10 @@ class UpstoxReconcileOperator(BaseOperator):
         self.repair = repair
         self.on_discrepancy = on_discrepancy
 
-    def _fetch(self, hook: Any, update_type: str) -> list[dict[str, Any]]:
-        getter = {
-            ORDER: hook.get_order_book,
-            POSITION: hook.get_positions,
-            HOLDING: hook.get_holdings,
-            GTT_ORDER: hook.get_gtt_orders,
-        }[update_type]
-        return [strip_deprecated(dict(row)) for row in getter()]
+    def _fetch(self, hook: UpstoxHook, update_type: str) -> list[dict[str, Any]]:
+        return [strip_deprecated(dict(row)) for row in hook.get_snapshot(update_type)]
 
-    def execute(self, context: Any) -> dict[str, Any]:
+    def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_upstox.hooks.upstox import UpstoxHook
 
         policy = str(self.on_discrepancy).strip().lower()
@@ -140,29 +89,37 @@ class UpstoxReconcileOperator(BaseOperator):
         types = normalize_update_types(self.update_types)
         hook = UpstoxHook(upstox_conn_id=self.upstox_conn_id)
         store = open_store(self.sql_conn_id)
-        engine = store_engine(store)
-        create_tables(engine)
         account = str(hook.get_account_id())
-        ti = context.get("ti")
-        run_id = start_run(
-            engine,
+        ti = context["ti"]
+        run_id = store.start_reconciliation_run(
             account=account,
+            update_types=types,
             upstox_conn_id=self.upstox_conn_id,
-            dag_id=getattr(ti, "dag_id", None),
-            dag_run_id=getattr(ti, "run_id", None),
-            update_types=",".join(types),
+            dag_id=ti.dag_id,
+            dag_run_id=ti.run_id,
         )
         try:
-            discrepancies, compared, snapshots, started_us = self._compare_all(hook, engine, account, types)
+            discrepancies, compared, snapshots, started_us = self._compare_all(hook, store, account, types)
             repaired: set[tuple[str, str]] = set()
             if repair and discrepancies:
-                repaired = self._repair(store, engine, account, discrepancies, snapshots, started_us)
+                repaired = self._repair(store, account, discrepancies, snapshots, started_us)
         except Exception:
-            finish_run(engine, run_id, account, [], set(), compared=0, status="error")
+            store.finish_reconciliation_run(
+                run_id, account=account, discrepancies=[], repaired_keys=(), compared=0, status="error"
+            )
             raise
         remaining = [d for d in discrepancies if (d.update_type, d.key) not in repaired]
-        status = "clean" if not discrepancies else ("repaired" if not remaining else "discrepancies")
-        finish_run(engine, run_id, account, discrepancies, repaired, compared=compared, status=status)
+        status: RunStatus = (
+            "clean" if not discrepancies else ("repaired" if not remaining else "discrepancies")
+        )
+        store.finish_reconciliation_run(
+            run_id,
+            account=account,
+            discrepancies=discrepancies,
+            repaired_keys=repaired,
+            compared=compared,
+            status=status,
+        )
         summary = {
             "run_id": run_id,
             "account": account,
@@ -192,7 +149,7 @@ class UpstoxReconcileOperator(BaseOperator):
         return summary
 
     def _compare_all(
-        self, hook: Any, engine: sa.Engine, account: str, types: Sequence[str]
+        self, hook: UpstoxHook, store: PortfolioStore, account: str, types: Sequence[str]
     ) -> tuple[list[Discrepancy], int, dict[str, dict[str, dict[str, Any]]], int]:
         started_us = now_us()
         today = datetime.now(INDIA_TZ).date()
@@ -201,7 +158,7 @@ class UpstoxReconcileOperator(BaseOperator):
         compared = 0
         for update_type in types:
             snapshot = index_rows(update_type, self._fetch(hook, update_type))
-            stored = read_stored(engine, account, update_type)
+            stored = store.read_stored_objects(account, update_type)
             snapshots[update_type] = snapshot
             compared += len(set(snapshot) | set(stored))
             found.extend(compare(update_type, stored, snapshot, today=today))
@@ -209,8 +166,7 @@ class UpstoxReconcileOperator(BaseOperator):
 
     def _repair(
         self,
-        store: Any,
-        engine: sa.Engine,
+        store: PortfolioStore,
         account: str,
         discrepancies: list[Discrepancy],
         snapshots: dict[str, dict[str, dict[str, Any]]],
@@ -233,7 +189,7 @@ class UpstoxReconcileOperator(BaseOperator):
             store.apply(updates, account=account)
         repaired: set[tuple[str, str]] = set()
         for update_type in {u.update_type for u in updates}:
-            stored = read_stored(engine, account, update_type)
+            stored = store.read_stored_objects(account, update_type)
             still = {d.key for d in compare(update_type, stored, snapshots[update_type])}
             repaired |= {(update_type, u.key or "") for u in updates if u.update_type == update_type} - {
                 (update_type, k) for k in still

@@ -36,19 +36,30 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
-from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from airflow_provider_upstox.simulator import http as h
 from airflow_provider_upstox.simulator.control_api import _params
+from airflow_provider_upstox.simulator.faults import Faults
 from airflow_provider_upstox.simulator.rest import _profile
+from airflow_provider_upstox.simulator.routing import ANY_METHOD, HttpRequest, Route
 
-if TYPE_CHECKING:
-    from airflow_provider_upstox.simulator.server import UpstoxSimulator
+
+class AuthContext(Protocol):
+    """What the login side needs from the simulator: the accepted token, the account, the expiry."""
+
+    token: str
+    user_id: str
+
+    @property
+    def faults(self) -> Faults: ...
+    def schedule_token_expiry(self) -> None:
+        """(Re)arm the closing of stream sockets at ``faults.token_expires_at``."""
+
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +74,6 @@ BAD_CLIENT: Final = ("UDAPI100069", "Check your 'client_id' and 'client_secret'"
 BAD_REDIRECT: Final = ("UDAPI100068", "Check your 'redirect_uri'")
 BAD_CODE: Final = ("UDAPI100057", "Invalid Auth code")
 BAD_REQUEST: Final = ("UDAPI1026", "Required parameter is missing")
-
-
-def is_auth_path(path: str) -> bool:
-    """Is *path* one of the login endpoints this module answers?"""
-    return path in (DIALOG_PATH, CODE_EXCHANGE_PATH) or path.startswith(TOKEN_REQUEST_PREFIX)
 
 
 def fingerprint(token: str) -> str:
@@ -105,9 +111,9 @@ class PendingRequest:
 
 
 class SimulatedAuth:
-    """Upstox's login side for one :class:`UpstoxSimulator` (see the module docstring)."""
+    """Upstox's login side for one simulator (see the module docstring)."""
 
-    def __init__(self, sim: UpstoxSimulator, settings: AuthSettings | None = None) -> None:
+    def __init__(self, sim: AuthContext, settings: AuthSettings | None = None) -> None:
         self.sim = sim
         self.settings = settings or AuthSettings()
         self.pending: list[PendingRequest] = []
@@ -143,15 +149,21 @@ class SimulatedAuth:
 
     # ------------------------------------------------------------------ Upstox endpoints
 
-    async def route(
-        self, conn: ServerConnection, request: Request, path: str, query: dict[str, list[str]]
-    ) -> Response | None:
-        """The answer to a login or ``/_sim/auth`` request; ``None`` for any other path."""
-        if path == CONTROL_PREFIX or path.startswith(CONTROL_PREFIX + "/"):
-            return await self.control(request.method, path, _params(query))
-        if is_auth_path(path):
-            return await self.handle(request, path, getattr(conn, "request_body", b""))
-        return None
+    def routes(self) -> list[Route]:
+        """The login endpoints and ``/_sim/auth`` (see :mod:`.routing`)."""
+
+        async def upstox(req: HttpRequest) -> Response:
+            return await self.handle(req.request, req.path, getattr(req.conn, "request_body", b""))
+
+        async def control(req: HttpRequest) -> Response:
+            return await self.control(req.method, req.path, _params(req.query))
+
+        return [
+            Route(DIALOG_PATH, upstox),
+            Route(CODE_EXCHANGE_PATH, upstox, methods=frozenset({"POST"})),
+            Route(TOKEN_REQUEST_PREFIX, upstox, methods=frozenset({"POST"}), prefix=True),
+            Route(CONTROL_PREFIX, control, methods=ANY_METHOD, prefix=True),
+        ]
 
     async def handle(self, request: Request, path: str, body: bytes) -> Response:
         query = parse_qs(urlsplit(request.path).query, keep_blank_values=True)

@@ -21,15 +21,38 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from websockets.http11 import Response
 
 from airflow_provider_upstox.simulator import http as h
-from airflow_provider_upstox.simulator.faults import DROP_MODES, SCENARIOS
+from airflow_provider_upstox.simulator.connections import Counters
+from airflow_provider_upstox.simulator.faults import DROP_MODES, SCENARIOS, Faults
+from airflow_provider_upstox.simulator.routing import ANY_METHOD, HttpRequest, Route
 
-if TYPE_CHECKING:
-    from airflow_provider_upstox.simulator.server import UpstoxSimulator
+PREFIX = "/_sim/"
+
+
+class ControlTarget(Protocol):
+    """The simulator as the control API drives it (the server satisfies this)."""
+
+    @property
+    def faults(self) -> Faults: ...
+    @property
+    def counters(self) -> Counters: ...
+    @property
+    def issued_codes(self) -> list[str]: ...
+    @property
+    def connected(self) -> int: ...
+    def summary(self) -> dict[str, Any]: ...
+    def ground_truth(self) -> dict[str, Any]: ...
+    def set_faults(self, changes: dict[str, Any], *, clear: bool = False) -> None: ...
+    def set_market(self, *, rate: float | None = None, running: bool | None = None) -> None: ...
+    def steps(self, count: int) -> int: ...
+    def flood(self, count: int) -> int: ...
+    async def quiesce(self, timeout: float = 10.0) -> bool: ...
+    def disconnect_all(self, mode: int | str) -> int: ...
+    async def reset(self, seed: int | None = None, scenario: str | None = None) -> None: ...
 
 
 def _params(query: dict[str, list[str]]) -> dict[str, Any]:
@@ -48,14 +71,20 @@ def _bad(message: str) -> Response:
 
 
 class ControlAPI:
-    """Routes ``/_sim/...`` requests to the simulator."""
+    """Routes ``/_sim/...`` requests to a :class:`ControlTarget`."""
 
-    def __init__(self, sim: UpstoxSimulator) -> None:
+    def __init__(self, sim: ControlTarget) -> None:
         self.sim = sim
+
+    def routes(self) -> list[Route]:
+        return [Route(PREFIX, self.route, methods=ANY_METHOD, prefix=True)]
+
+    async def route(self, req: HttpRequest) -> Response:
+        return await self.handle(req.method, req.path, req.query)
 
     async def handle(self, method: str, path: str, query: dict[str, list[str]]) -> Response:
         params = _params(query)
-        name = path[len("/_sim/") :].strip("/")
+        name = path[len(PREFIX) :].strip("/")
         getters = {"state": self.state, "counters": self.counters, "codes": self.codes}
         if name in getters:
             return h.json_response(200, getters[name]())
@@ -75,56 +104,30 @@ class ControlAPI:
                 return h.json_response(200, {"dropped": self.sim.disconnect_all(mode)})
             if name == "reset":
                 await self.sim.reset(params.get("seed"), params.get("scenario"))
-                return h.json_response(200, self.summary())
+                return h.json_response(200, self.sim.summary())
         except (ValueError, TypeError) as exc:
             return _bad(str(exc))
         return h.json_response(404, {"status": "error", "message": f"no control endpoint /_sim/{name}"})
 
     def faults(self, params: dict[str, Any]) -> Response:
-        sim = self.sim
-        was_hanging, old_expiry = sim.faults.hang, sim.faults.token_expires_at
-        if params.pop("clear", False):
-            sim.faults = type(sim.faults)()
-        sim.faults.update(params)
-        if sim.faults.hang != was_hanging:
-            sim.set_hang(sim.faults.hang)
-        if sim.faults.token_expires_at != old_expiry:
-            sim.schedule_token_expiry()
-        for client in sim.clients:
-            client.wakeup.set()
-        return h.json_response(200, sim.faults.as_dict())
+        clear = bool(params.pop("clear", False))
+        self.sim.set_faults(params, clear=clear)
+        return h.json_response(200, self.sim.faults.as_dict())
 
     async def market(self, params: dict[str, Any]) -> dict[str, Any]:
         sim = self.sim
-        produced = 0
-        if "rate" in params:
-            rate = float(params["rate"])
-            if rate < 0:
-                raise ValueError("rate must be >= 0")
-            sim.rate = rate
-        if "running" in params:
-            sim.running = bool(params["running"])
-        sim.market_changed.set()
-        if "steps" in params:
-            produced = sim.steps(int(params["steps"]))
+        rate = float(params["rate"]) if "rate" in params else None
+        if rate is not None and rate < 0:
+            raise ValueError("rate must be >= 0")
+        sim.set_market(rate=rate, running=bool(params["running"]) if "running" in params else None)
+        produced = sim.steps(int(params["steps"])) if "steps" in params else 0
         drained = None
         if params.get("quiesce"):
             drained = await sim.quiesce(float(params.get("timeout", 10.0)))
-        return {**self.summary(), "produced": produced, "drained": drained}
-
-    def summary(self) -> dict[str, Any]:
-        sim = self.sim
-        return {
-            "seed": sim.seed,
-            "scenario": sim.scenario,
-            "running": sim.running,
-            "rate": sim.rate,
-            "steps": sim.model.steps,
-            "connected": len(sim.clients),
-        }
+        return {**sim.summary(), "produced": produced, "drained": drained}
 
     def counters(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self.sim.counters), "connected": len(self.sim.clients)}
+        return {**dataclasses.asdict(self.sim.counters), "connected": self.sim.connected}
 
     def codes(self) -> dict[str, Any]:
         return {"issued_codes": list(self.sim.issued_codes)}
@@ -132,10 +135,10 @@ class ControlAPI:
     def state(self) -> dict[str, Any]:
         sim = self.sim
         return {
-            **sim.model.ground_truth(),
+            **sim.ground_truth(),
             "counters": self.counters(),
             "faults": sim.faults.as_dict(),
-            "market": self.summary(),
+            "market": sim.summary(),
             "issued_codes": list(sim.issued_codes),
             "scenarios": {name: s.description for name, s in SCENARIOS.items()},
         }

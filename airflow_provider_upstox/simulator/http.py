@@ -2,7 +2,7 @@
 
 ``websockets`` serves plain HTTP through ``process_request``: any :class:`Response` returned there
 is sent instead of a WebSocket handshake (and the connection then closes). Upstox error bodies carry
-snake_case and camelCase keys side by side (PROTOCOL.md section 3), so do ours.
+snake_case and camelCase keys side by side (``docs/PROTOCOL.md`` §3), so do ours.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ VALID_UPDATE_TYPES: Final = ("order", "position", "holding", "gtt_order")
 
 INVALID_TOKEN: Final = ("UDAPI100050", "Invalid token used to access API")
 TOO_MANY_REQUESTS: Final = ("UDAPI10005", "Too Many Request Sent")
+METHOD_NOT_ALLOWED: Final = ("UDAPI10000", "This request is not supported by Upstox API")
 # Codes below are not documented for these cases; the simulator's choice (assumption).
 FORBIDDEN: Final = ("UDAPI100072", "Access to this resource is forbidden")
 SERVER_ERROR: Final = ("UDAPI100500", "Something went wrong, please try again later")
@@ -62,7 +63,7 @@ def success(data: Any) -> Response:
 
 
 def error_body(code: str, message: str, property_path: str | None = None) -> dict[str, Any]:
-    """An Upstox error body exactly as PROTOCOL.md section 3 shows it."""
+    """An Upstox error body in the shape of ``docs/PROTOCOL.md`` §3."""
     return {
         "status": "error",
         "errors": [

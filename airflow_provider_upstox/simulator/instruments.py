@@ -43,7 +43,7 @@ INSTRUMENTS: Final[tuple[Instrument, ...]] = (
     Instrument("INE669E01016", "IDEA", "VODAFONE IDEA LIMITED", 7.7, haircut=0.5),
 )
 
-#: Order statuses the model emits, as Upstox spells them (PROTOCOL.md section 2).
+#: Order statuses the model emits, as Upstox spells them (``docs/PROTOCOL.md`` §2).
 PUT_RECEIVED: Final = "put order req received"
 VALIDATION_PENDING: Final = "validation pending"
 OPEN_PENDING: Final = "open pending"

@@ -1,6 +1,6 @@
 """Builders and arithmetic of the simulated account's records.
 
-Status paths an order walks (PROTOCOL.md section 2), Upstox-shaped position, holding and GTT
+Status paths an order walks (``docs/PROTOCOL.md`` §2), Upstox-shaped position, holding and GTT
 objects, and the fill arithmetic that keeps positions and holdings full states (not deltas).
 Used only by :mod:`airflow_provider_upstox.simulator.model`.
 """
@@ -26,7 +26,7 @@ OUTCOME_WEIGHTS: Final = (40, 14, 10, 4, 9, 15, 4)
 
 
 def plan(outcome: str, order_type: str, rng: random.Random) -> list[dict[str, Any]]:
-    """The status path an order will walk (PROTOCOL.md section 2); fills are ``part`` or ``rest``."""
+    """The status path an order will walk (``docs/PROTOCOL.md`` §2); fills are ``part`` or ``rest``."""
     if outcome == "amo":
         path: list[dict[str, Any]] = []
         if rng.random() < 0.4:

@@ -1,4 +1,4 @@
-"""The REST reads of PROTOCOL.md section 4, answered from the market model's current state.
+"""The REST reads of ``docs/PROTOCOL.md`` §4 and §8, answered from the market model's current state.
 
 They read the same dicts the stream messages were encoded from, so a REST answer always reflects
 every message the model has produced so far (sent, queued or missed alike).
@@ -6,12 +6,23 @@ every message the model has produced so far (sent, queued or missed alike).
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
-from websockets.http11 import Response
+from websockets.http11 import Request, Response
 
 from airflow_provider_upstox.simulator import http as h
 from airflow_provider_upstox.simulator.model import MarketModel
+from airflow_provider_upstox.simulator.routing import HttpRequest, Route
+
+
+class RestContext(Protocol):
+    """What the REST reads need from the simulator: the current model (a reset replaces it)."""
+
+    @property
+    def model(self) -> MarketModel: ...
+    async def guard(self, kind: str, request: Request) -> Response | None:
+        """Delay, injected failure or 401 for a request of *kind*; ``None`` to go on."""
+
 
 REST_PATHS: Final = frozenset(
     {
@@ -25,6 +36,16 @@ REST_PATHS: Final = frozenset(
         "/v3/order/gtt",
     }
 )
+
+
+def routes(ctx: RestContext) -> list[Route]:
+    """One GET route per REST read, each behind the simulator's guard (faults, token)."""
+
+    async def read(req: HttpRequest) -> Response:
+        refused = await ctx.guard("rest", req.request)
+        return refused if refused is not None else rest_read(ctx.model, req.path, req.query)
+
+    return [Route(path, read) for path in sorted(REST_PATHS)]
 
 
 def rest_read(m: MarketModel, path: str, query: dict[str, list[str]]) -> Response:

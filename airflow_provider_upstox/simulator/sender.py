@@ -3,28 +3,50 @@
 The writer has a fast path (no stream fault on: pop, send, count) so that a flood is limited by the
 socket, not by fault bookkeeping, and a slow path that applies, per message: delay, hang, reorder
 window, duplicates, injected bad frames and drops.
+
+Both loops get the server's state through :class:`SenderContext` (the server satisfies it) and read
+it anew at every use, because the control API replaces the fault switches and a reset replaces
+the counters and the fault generator. A drop closes the :class:`Client` through its own
+:meth:`~airflow_provider_upstox.simulator.connections.Client.drop`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import msgspec
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-if TYPE_CHECKING:
-    from websockets.asyncio.server import ServerConnection
-
-    from airflow_provider_upstox.simulator.server import Client, UpstoxSimulator
+from airflow_provider_upstox.simulator.connections import Client, Counters
+from airflow_provider_upstox.simulator.faults import Faults
 
 log = logging.getLogger(__name__)
 
 MALFORMED_FRAME = b'{"update_type": "order", "order_id": "2501060010000'  # truncated JSON
 _REORDER_WAIT = 0.05
 _BATCH = 512  # frames per TCP write on the fast path
+
+
+class SenderContext(Protocol):
+    """What the writer and the pinger read from the simulator (current values, read at each use)."""
+
+    @property
+    def faults(self) -> Faults: ...
+    @property
+    def counters(self) -> Counters: ...
+    @property
+    def fault_rng(self) -> random.Random: ...
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def ping_interval(self) -> float: ...
+    @property
+    def ping_timeout(self) -> float: ...
 
 
 async def send_batch(ws: ServerConnection, frames: list[bytes]) -> None:
@@ -53,7 +75,7 @@ def oversized_frame(frame: bytes, size: int) -> bytes:
     return frame[:-1] + b', "padding": "' + b"x" * pad + b'"}'
 
 
-async def write_loop(sim: UpstoxSimulator, client: Client) -> None:
+async def write_loop(sim: SenderContext, client: Client) -> None:
     """Send the client's queued messages until the connection closes."""
     ws, pending, counters = client.ws, client.pending, sim.counters
     try:
@@ -77,7 +99,7 @@ async def write_loop(sim: UpstoxSimulator, client: Client) -> None:
         pass
 
 
-async def _send_with_faults(sim: UpstoxSimulator, client: Client) -> None:
+async def _send_with_faults(sim: SenderContext, client: Client) -> None:
     f, pending, rng, counters = sim.faults, client.pending, sim.fault_rng, sim.counters
     if f.reorder_window > 1:
         if len(pending) < f.reorder_window:
@@ -115,11 +137,11 @@ async def _send_with_faults(sim: UpstoxSimulator, client: Client) -> None:
             counters.lost_on_disconnect += len(pending)
             pending.clear()
             log.info("fault: dropping a stream connection (%s) after %d messages", f.drop_mode, n)
-            await sim._drop(client, f.drop_mode)
+            client.drop(f.drop_mode)
             return
 
 
-async def _inject(sim: UpstoxSimulator, client: Client, frame: bytes) -> None:
+async def _inject(sim: SenderContext, client: Client, frame: bytes) -> None:
     f, n, counters, ws = sim.faults, client.model_sent, sim.counters, client.ws
     if f.malformed_every and n % f.malformed_every == 0:
         await ws.send(MALFORMED_FRAME, text=True)
@@ -132,7 +154,7 @@ async def _inject(sim: UpstoxSimulator, client: Client, frame: bytes) -> None:
         counters.oversized_sent += 1
 
 
-async def ping_loop(sim: UpstoxSimulator, client: Client) -> None:
+async def ping_loop(sim: SenderContext, client: Client) -> None:
     """Ping the client after ``ping_interval`` idle seconds; close with 1011 if no pong comes back."""
     ws = client.ws
     try:

@@ -1,10 +1,16 @@
 """``UpstoxSimulator``: a local Upstox serving REST, authorize and the portfolio stream on one port.
 
-One ``websockets`` server answers plain HTTP from ``process_request`` (REST reads, authorize, the
-direct-connect redirect, the ``/_sim/`` control API) and upgrades only the single-use socket URL to
-a WebSocket. The market model runs on its own clock in a task; each step's messages are encoded
-once and appended to the outgoing queue of every connected client subscribed to their type. Each
-client has one writer task (where stream faults are applied) and one idle-ping task.
+One ``websockets`` server answers plain HTTP from ``process_request`` through a route table
+(:mod:`.routing`: the stream feed's endpoints in :mod:`.feed`, the REST reads in :mod:`.rest`, the
+``/_sim/`` control API in :mod:`.control_api`) and upgrades only the single-use socket URL to a
+WebSocket. The market model runs on its own clock in a task; each step's messages are encoded once
+and appended to the outgoing queue of every connected client subscribed to their type.
+
+Who owns what: this server owns the connections (:class:`~.connections.Client`, accepted, listed,
+published to and forgotten here), the model, the fault switches and the counters. Each client has
+one writer task (where stream faults are applied) and one idle-ping task, both in :mod:`.sender`,
+which read the server through the small ``SenderContext`` protocol; the route modules get the
+server as their own small protocols. None of them imports this module.
 
 Secrets: the token is never logged (only a masked prefix), and the authorized URL (whose ``code`` is
 a credential) is never logged either; the websockets logger drops DEBUG records, since at DEBUG it
@@ -16,12 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import socket
-import struct
 import time
-import uuid
-from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -30,12 +32,18 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from airflow_provider_upstox.simulator import http as h
+from airflow_provider_upstox.simulator import rest
 from airflow_provider_upstox.simulator.auth import SimulatedAuth
+from airflow_provider_upstox.simulator.connections import Client, Counters
 from airflow_provider_upstox.simulator.control_api import ControlAPI
 from airflow_provider_upstox.simulator.faults import SCENARIOS, Faults
+from airflow_provider_upstox.simulator.feed import FeedGate
 from airflow_provider_upstox.simulator.model import Emitted, MarketModel
 from airflow_provider_upstox.simulator.request_body import BodyReadingConnection
-from airflow_provider_upstox.simulator.rest import REST_PATHS, rest_read
+from airflow_provider_upstox.simulator.routing import HttpRequest, Route, Router
+from airflow_provider_upstox.simulator.sender import ping_loop, write_loop
+
+__all__ = ["Client", "Counters", "UpstoxSimulator", "mask"]
 
 log = logging.getLogger(__name__)
 # websockets logs request paths (with the code) at DEBUG: its logger for us drops DEBUG records.
@@ -46,47 +54,6 @@ _ws_log.addFilter(lambda record: record.levelno > logging.DEBUG)
 def mask(secret: str) -> str:
     """First four characters and ``***``: enough to tell tokens apart in a log, useless to an attacker."""
     return f"{secret[:4]}***" if len(secret) > 8 else "***"
-
-
-@dataclass
-class Counters:
-    """Ground-truth counters served under ``/_sim/state``."""
-
-    sent: int = 0  #: model messages written to sockets (duplicates included)
-    missed_while_away: int = 0  #: model messages produced while no client was connected
-    not_subscribed: int = 0  #: produced while clients were connected, none subscribed to the type
-    lost_on_disconnect: int = 0  #: queued for a client that went away before they were written
-    lost_in_hang: int = 0  #: discarded while the hang fault was on
-    dropped_connections: int = 0  #: connections dropped by a fault (close code or reset)
-    duplicated: int = 0
-    reordered: int = 0  #: messages sent out of their production order
-    delayed: int = 0
-    malformed_sent: int = 0
-    unknown_type_sent: int = 0
-    oversized_sent: int = 0
-    pings_sent: int = 0
-    authorizations: int = 0  #: successful authorize and direct-connect requests
-    codes_issued: int = 0
-    connections: int = 0  #: accepted WebSocket connections
-    refused_handshakes: int = 0  #: socket handshakes refused (used/unknown code, injected)
-    http_requests: int = 0
-    injected_http_errors: int = 0
-    unauthorized: int = 0  #: requests refused with 401 for a missing/wrong/expired token
-    model_messages: int = 0
-    model_steps: int = 0
-
-
-@dataclass
-class Client:
-    """One connected stream client: its subscription and its outgoing queue."""
-
-    ws: ServerConnection
-    types: frozenset[str]
-    pending: deque[tuple[float, bytes]] = field(default_factory=deque)
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    model_sent: int = 0
-    last_activity: float = field(default_factory=time.monotonic)
-    closing: bool = False
 
 
 class UpstoxSimulator:
@@ -126,17 +93,30 @@ class UpstoxSimulator:
         self.ping_timeout = ping_timeout
         self.code_ttl = code_ttl
         self._ping_interval_arg = ping_interval
+        #: the connected stream clients: the server alone adds and removes them
         self.clients: list[Client] = []
-        self.issued_codes: list[str] = []
-        self._codes: dict[str, tuple[str, tuple[str, ...], float]] = {}
-        self._handshake_types: dict[ServerConnection, tuple[str, ...]] = {}
+        self.feed = FeedGate(self)
         self._server: Server | None = None
         self._market_task: asyncio.Task[None] | None = None
         self._expiry_task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.control_api = ControlAPI(self)
-        self.auth = SimulatedAuth(self)  # login flows of docs/PROTOCOL.md §6 (issue 16)
         self._configure(seed, scenario)
+        self.auth = SimulatedAuth(self)  # login flows of docs/PROTOCOL.md §6 (issue 16)
+        self.router = Router()
+        for routes in self.route_modules():
+            self.router.add(routes)
+
+    def route_modules(self) -> list[Iterable[Route]]:
+        """The routes of every route module (see :mod:`.routing`): one line per module.
+
+        Each module gets the simulator as the small protocol it declares (``FeedContext``,
+        ``RestContext``, ``ControlTarget``...), never the server module itself.
+        """
+        return [
+            self.feed.routes(),
+            rest.routes(self),
+            ControlAPI(self).routes(),
+            self.auth.routes(),
+        ]
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -174,7 +154,7 @@ class UpstoxSimulator:
             max_size=2**20,
             write_limit=2**20,
             logger=_ws_log,
-            create_connection=BodyReadingConnection,  # login POSTs carry bodies (issue 16)
+            create_connection=BodyReadingConnection,  # the login POSTs carry bodies (issue 16)
         )
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
@@ -188,11 +168,11 @@ class UpstoxSimulator:
         )
 
     async def stop(self) -> None:
-        for task in (self._market_task, self._expiry_task, *self._tasks):
+        for task in (self._market_task, self._expiry_task):
             if task is not None:
                 task.cancel()
         for client in list(self.clients):
-            client.ws.transport.abort()
+            client.abort()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -304,116 +284,44 @@ class UpstoxSimulator:
         await asyncio.sleep(max(0.0, expires - time.time()))
         log.info("simulated token expiry: closing %d stream connection(s)", len(self.clients))
         for client in list(self.clients):
-            await self._drop(client, 1008, "token expired")
+            client.drop(1008, "token expired")
 
-    def issue_url(self, request: Request, types: tuple[str, ...]) -> str:
-        request_id, code = str(uuid.uuid4()), str(uuid.uuid4())
-        self._codes[code] = (request_id, types, time.monotonic())
-        self.issued_codes.append(code)
-        self.counters.codes_issued += 1
-        self.counters.authorizations += 1
-        host = request.headers.get("Host") or f"{self.host}:{self.port}"
-        return f"ws://{host}{h.SOCKET_PATH}?requestId={request_id}&code={code}"
+    @property
+    def issued_codes(self) -> list[str]:
+        """Every stream ``code`` issued since the last reset (for leak tests)."""
+        return self.feed.issued_codes
+
+    async def guard(self, kind: str, request: Request) -> Response | None:
+        """The checks every REST-like request passes (``kind`` ``"authorize"`` or ``"rest"``).
+
+        In order: the ``rest_delay`` fault, an injected failure (``<kind>_fail_status``), the token.
+        :returns: the refusal to send, or ``None`` to go on.
+        """
+        f = self.faults
+        if f.rest_delay:
+            await asyncio.sleep(f.rest_delay)
+        status, count = getattr(f, f"{kind}_fail_status"), getattr(f, f"{kind}_fail_count")
+        if status and count > 0:
+            setattr(f, f"{kind}_fail_count", count - 1)
+            self.counters.injected_http_errors += 1
+            return h.injected_error(status, f.retry_after)
+        if not self.token_ok(request):
+            self.counters.unauthorized += 1
+            return h.error(401, h.INVALID_TOKEN)
+        return None
 
     # ------------------------------------------------------------------ HTTP
 
     async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         self.counters.http_requests += 1
         parts = urlsplit(request.path)
-        path, query = parts.path, parse_qs(parts.query, keep_blank_values=True)
-        login = await self.auth.route(conn, request, path, query)  # issue 16
-        if login is not None:
-            return login
-        if path.startswith("/_sim/"):
-            return await self.control_api.handle(request.method, path, query)
-        if path == h.SOCKET_PATH:
-            return self._socket_handshake(conn, request, query)
-        if request.method != "GET":
-            return h.error(405, h.NOT_FOUND)
-        if self.faults.rest_delay:
-            await asyncio.sleep(self.faults.rest_delay)
-        if path in (h.AUTHORIZE_PATH, h.DIRECT_PATH):
-            return self._authorize(request, query, redirect=path == h.DIRECT_PATH)
-        if path in REST_PATHS:
-            return self._rest(request, path, query)
-        return h.error(404, h.NOT_FOUND)
-
-    def _injected(self, kind: str) -> Response | None:
-        f = self.faults
-        status, count = getattr(f, f"{kind}_fail_status"), getattr(f, f"{kind}_fail_count")
-        if not status or count <= 0:
-            return None
-        setattr(f, f"{kind}_fail_count", count - 1)
-        self.counters.injected_http_errors += 1
-        return h.injected_error(status, f.retry_after)
-
-    def _authorize(self, request: Request, query: dict[str, list[str]], *, redirect: bool) -> Response:
-        injected = self._injected("authorize")
-        if injected is not None:
-            return injected
-        if not self.token_ok(request):
-            self.counters.unauthorized += 1
-            return h.error(401, h.INVALID_TOKEN)
-        types = h.parse_update_types(query.get("update_types"))
-        if types is None:
-            return h.error(400, h.INVALID_UPDATE_TYPES)
-        url = self.issue_url(request, types)
-        if redirect:
-            return h.response(302, b"", "text/plain", [("Location", url)])
-        # added by issue-3 helper: malformed authorize answers (Faults.authorize_response)
-        malformed = self.faults.authorize_response
-        if malformed == "not_json":
-            return h.response(200, b"<html>upstream error</html>", "application/json")
-        if malformed == "no_uri":
-            return h.success({})
-        if malformed == "status_error":
-            return h.json_response(200, {"status": "error", "errors": []})
-        if malformed == "non_ws_uri":
-            url = "https" + url[url.index(":") :]
-        keys = self.faults.authorize_keys
-        data = {}
-        if keys in ("both", "snake"):
-            data["authorized_redirect_uri"] = url
-        if keys in ("both", "camel"):
-            data["authorizedRedirectUri"] = url
-        return h.success(data)
-
-    def _rest(self, request: Request, path: str, query: dict[str, list[str]]) -> Response:
-        injected = self._injected("rest")
-        if injected is not None:
-            return injected
-        if not self.token_ok(request):
-            self.counters.unauthorized += 1
-            return h.error(401, h.INVALID_TOKEN)
-        return rest_read(self.model, path, query)
-
-    def _socket_handshake(
-        self, conn: ServerConnection, request: Request, query: dict[str, list[str]]
-    ) -> Response | None:
-        if not h.is_websocket_upgrade(request):
-            return h.response(426, b"WebSocket upgrade required\n", "text/plain", [("Upgrade", "websocket")])
-        if self.faults.refuse_handshakes > 0:
-            self.faults.refuse_handshakes -= 1
-            self.counters.refused_handshakes += 1
-            return h.error(500, h.SERVER_ERROR)
-        code = (query.get("code") or [""])[0]
-        entry = self._codes.pop(code, None)
-        request_id = (query.get("requestId") or [""])[0]
-        if entry is None or entry[0] != request_id or time.monotonic() - entry[2] > self.code_ttl:
-            self.counters.refused_handshakes += 1
-            return h.error(403, h.CODE_REFUSED)
-        if self.token_expired():
-            self.counters.refused_handshakes += 1
-            return h.error(401, h.INVALID_TOKEN)
-        self._handshake_types[conn] = entry[1]
-        return None
+        query = parse_qs(parts.query, keep_blank_values=True)
+        return await self.router.dispatch(HttpRequest(request.method, parts.path, query, request, conn))
 
     # ------------------------------------------------------------------ WebSocket
 
     async def _handler(self, ws: ServerConnection) -> None:
-        from airflow_provider_upstox.simulator.sender import ping_loop, write_loop
-
-        types = self._handshake_types.pop(ws, None)
+        types = self.feed.take_subscription(ws)
         if types is None:  # cannot happen: only the socket path is upgraded
             await ws.close(1008, "not authorized")
             return
@@ -422,7 +330,7 @@ class UpstoxSimulator:
         self.counters.connections += 1
         log.info("stream client connected (%s); %d connected", ",".join(types), len(self.clients))
         if self.faults.hang:
-            ws.transport.pause_reading()
+            client.pause_reading(True)
         writer = asyncio.create_task(write_loop(self, client))
         pinger = asyncio.create_task(ping_loop(self, client))
         try:
@@ -438,36 +346,56 @@ class UpstoxSimulator:
             client.pending.clear()
             log.info("stream client disconnected; %d connected", len(self.clients))
 
-    async def _drop(self, client: Client, mode: int | str, reason: str = "simulated drop") -> None:
-        """Close a client with a close code, or abort its TCP connection with an RST for ``"reset"``."""
-        if client.closing:
-            return
-        client.closing = True
-        if mode == "reset":
-            sock = client.ws.transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            client.ws.transport.abort()
-        else:
-            task = asyncio.create_task(client.ws.close(int(mode), reason))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    # ------------------------------------------------------------------ control (see control_api)
 
-    def set_hang(self, on: bool) -> None:
+    @property
+    def connected(self) -> int:
+        return len(self.clients)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "scenario": self.scenario,
+            "running": self.running,
+            "rate": self.rate,
+            "steps": self.model.steps,
+            "connected": len(self.clients),
+        }
+
+    def ground_truth(self) -> dict[str, Any]:
+        return self.model.ground_truth()
+
+    def set_faults(self, changes: dict[str, Any], *, clear: bool = False) -> None:
+        """Set fault switches (after resetting them all if *clear*), and apply what they change now:
+        a hang pauses reading on every connection, a new token expiry is (re)armed, and every
+        writer wakes up to look at the new switches.
+
+        :raises ValueError: an unknown switch or a bad value (see :meth:`Faults.update`).
+        """
+        was_hanging, old_expiry = self.faults.hang, self.faults.token_expires_at
+        if clear:
+            self.faults = Faults()
+        self.faults.update(changes)
+        if self.faults.hang != was_hanging:
+            for client in self.clients:
+                client.pause_reading(self.faults.hang)
+        if self.faults.token_expires_at != old_expiry:
+            self.schedule_token_expiry()
         for client in self.clients:
-            if on:
-                client.ws.transport.pause_reading()
-            else:
-                client.ws.transport.resume_reading()
-                client.wakeup.set()
+            client.wakeup.set()
+
+    def set_market(self, *, rate: float | None = None, running: bool | None = None) -> None:
+        if rate is not None:
+            self.rate = rate
+        if running is not None:
+            self.running = running
+        self.market_changed.set()
 
     def disconnect_all(self, mode: int | str) -> int:
         clients = list(self.clients)
         for client in clients:
             self.counters.dropped_connections += 1
-            task = asyncio.create_task(self._drop(client, mode))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            client.drop(mode)
         return len(clients)
 
     async def reset(self, seed: int | None = None, scenario: str | None = None) -> None:
@@ -475,9 +403,8 @@ class UpstoxSimulator:
         if scenario is not None and scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
         for client in list(self.clients):
-            await self._drop(client, 1001, "simulator reset")
-        self._codes.clear()
-        self.issued_codes.clear()
+            client.drop(1001, "simulator reset")
+        self.feed.forget()
         self._configure(self.seed if seed is None else seed, scenario or self.scenario)
         self.schedule_token_expiry()
         if self._market_task is not None:

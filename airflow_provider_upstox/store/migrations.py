@@ -75,11 +75,29 @@ def _step_3_case_sensitive_keys(conn: Connection) -> None:
             )
 
 
+def _step_4_reconciliation(conn: Connection) -> None:
+    """Create ``upstox_reconciliation_runs`` and ``..._discrepancies`` if missing (:mod:`.schema`).
+
+    Before version 4 the reconciliation operator created them itself on its first run, so a database
+    may already have them, with the same names and columns: they are kept as they are, rows
+    included. On MySQL/MariaDB they get the case-sensitive collation of step 3, like every table.
+    Re-runnable.
+    """
+    for table in schema.RECONCILIATION_TABLES:
+        table.create(conn, checkfirst=True)
+    if conn.dialect.name in ("mysql", "mariadb"):
+        for table in schema.RECONCILIATION_TABLES:
+            conn.exec_driver_sql(
+                f"ALTER TABLE {table.name} CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+            )
+
+
 #: (version, description, step). Append only; never edit a released step.
 MIGRATIONS: Final[list[tuple[int, str, Callable[[Connection], None]]]] = [
     (1, "initial schema", _step_1_initial),
     (2, "24-byte position version (trading day, day traded quantity)", _step_2_position_version),
     (3, "case-sensitive text keys on MySQL/MariaDB", _step_3_case_sensitive_keys),
+    (4, "reconciliation runs and discrepancies owned by the store", _step_4_reconciliation),
 ]
 assert MIGRATIONS[-1][0] == schema.SCHEMA_VERSION
 

@@ -31,7 +31,7 @@ from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Dialect
 
 #: Bump together with a new entry in ``migrations.MIGRATIONS``.
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 
 class UTCDateTime(sa.TypeDecorator[dt.datetime]):
@@ -290,3 +290,52 @@ KEY_COLUMNS: Final = {
     "holding": ("account", "isin"),
     "gtt_order": ("account", "gtt_order_id"),
 }
+
+# ---------------------------------------------------------------- reconciliation log (schema version 4)
+# Written by PortfolioStore.start_reconciliation_run / finish_reconciliation_run (store/run_log.py).
+# Until schema version 4 the reconciliation operator created these two tables itself with
+# ``create_all``: names, columns and types are kept so that such databases go on working as they are.
+
+reconciliation_runs = sa.Table(
+    "upstox_reconciliation_runs",
+    metadata,
+    sa.Column("run_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("account", Key, nullable=False, comment="Upstox user id"),
+    sa.Column("upstox_conn_id", sa.String(250), nullable=True),
+    sa.Column("dag_id", sa.String(250), nullable=True),
+    sa.Column("dag_run_id", sa.String(250), nullable=True),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime, nullable=True),
+    sa.Column("update_types", sa.String(100), nullable=False, comment="comma-separated"),
+    sa.Column("compared", sa.Integer, nullable=False, default=0, comment="keys compared"),
+    sa.Column("discrepancies", sa.Integer, nullable=False, default=0),
+    sa.Column("repaired", sa.Integer, nullable=False, default=0),
+    sa.Column(
+        "status", sa.String(20), nullable=False, comment="running, clean, discrepancies, repaired, error"
+    ),
+    comment="One row per reconciliation run of the Upstox portfolio store against REST snapshots.",
+)
+
+reconciliation_discrepancies = sa.Table(
+    "upstox_reconciliation_discrepancies",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "run_id",
+        sa.Integer,
+        sa.ForeignKey("upstox_reconciliation_runs.run_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("account", Key, nullable=False),
+    sa.Column("update_type", sa.String(32), nullable=False),
+    sa.Column("natural_key", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False, comment="missing, extra, field_mismatch"),
+    sa.Column("field", sa.String(64), nullable=True),
+    sa.Column("db_value", sa.Text, nullable=True, comment="JSON"),
+    sa.Column("snapshot_value", sa.Text, nullable=True, comment="JSON"),
+    sa.Column("repaired", sa.Boolean, nullable=False, default=False),
+    comment="Each difference a reconciliation run found between the store and the REST snapshot.",
+)
+
+RECONCILIATION_TABLES: Final = (reconciliation_runs, reconciliation_discrepancies)

@@ -20,7 +20,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,7 +33,16 @@ from sqlalchemy.exc import DBAPIError
 
 from airflow_provider_upstox.exceptions import InvalidUpdateError
 from airflow_provider_upstox.models.updates import ORDER, Update
-from airflow_provider_upstox.store import bulk, migrations, rows, schema, upsert, validation
+from airflow_provider_upstox.store import (
+    bulk,
+    migrations,
+    reads,
+    reconciliation_log,
+    rows,
+    schema,
+    upsert,
+    validation,
+)
 
 log = logging.getLogger(__name__)
 
@@ -374,6 +383,72 @@ class PortfolioStore:
             conn.execute(
                 t.update().where(t.c.account == account, t.c.stream_key == stream_key).values(state=state)
             )
+
+    # ------------------------------------------------------------------ operators' typed entry points
+    # Operator progress, stored objects for reconciliation, the reconciliation log. The logic
+    # lives in .reads and .reconciliation_log; these methods only make sure the schema exists.
+    def load_operator_progress(self, key: str) -> dict[str, Any] | None:
+        """The JSON object last saved under operator progress record *key*, or ``None``.
+
+        Records live in ``upstox_stream_progress`` under the pseudo-account ``"-"``; a key longer
+        than the column is shortened the same way on load and save.
+        """
+        return reads.operator_state(self.get_progress(reads.OPERATOR_ACCOUNT, reads.operator_stream_key(key)))
+
+    def save_operator_progress(self, key: str, value: dict[str, Any]) -> None:
+        """Insert or replace operator progress record *key* (one short transaction; last write wins)."""
+        self.set_progress_state(reads.OPERATOR_ACCOUNT, reads.operator_stream_key(key), value)
+
+    def read_stored_objects(self, account: str, update_type: str) -> dict[str, dict[str, Any]]:
+        """Stored objects of *account* and *update_type*, keyed like a REST snapshot.
+
+        Raw Upstox JSON overlaid with the typed columns the ordering rule maintains; see
+        :func:`.reads.read_stored_objects`.
+        """
+        self._ensure_migrated()
+        return reads.read_stored_objects(self.engine, account, update_type)
+
+    def start_reconciliation_run(
+        self,
+        *,
+        account: str,
+        update_types: Sequence[str],
+        upstox_conn_id: str | None = None,
+        dag_id: str | None = None,
+        dag_run_id: str | None = None,
+    ) -> int:
+        """Record a ``running`` reconciliation run in ``upstox_reconciliation_runs``; returns its id."""
+        self._ensure_migrated()
+        return reconciliation_log.start_run(
+            self.engine,
+            account=account,
+            update_types=update_types,
+            upstox_conn_id=upstox_conn_id,
+            dag_id=dag_id,
+            dag_run_id=dag_run_id,
+        )
+
+    def finish_reconciliation_run(
+        self,
+        run_id: int,
+        *,
+        account: str,
+        discrepancies: Sequence[reconciliation_log.DiscrepancyRecord],
+        repaired_keys: Collection[tuple[str, str]],
+        compared: int,
+        status: reconciliation_log.RunStatus,
+    ) -> None:
+        """Record the differences of run *run_id* and close it, in one transaction."""
+        self._ensure_migrated()
+        reconciliation_log.finish_run(
+            self.engine,
+            run_id,
+            account=account,
+            discrepancies=discrepancies,
+            repaired_keys=repaired_keys,
+            compared=compared,
+            status=status,
+        )
 
 
 #: Writes the winning states of one table (unique per key, sorted by key); returns their counts.

@@ -13,54 +13,42 @@ Two modes (``mode="auto"`` picks by whether a task deferred to the trigger):
   yielded batch kept as unacknowledged: the next instance first re-emits those of its updates whose
   ``seq`` is above its ``acked_seq`` kwarg (the highest seq the operator has committed; ``0`` on a
   fresh try; ``None``, the default, for a consumer that does not acknowledge), so a batch whose try
-  died before its commit is not lost. When no update arrives for
-  ``idle_timeout`` seconds, an ``{"status": "idle"}`` event lets the operator evaluate its stop
-  conditions.
+  died before its commit is not lost. When no update arrives for ``idle_timeout`` seconds, an
+  idle event lets the operator evaluate its stop conditions.
 * ``watch`` (an ``AssetWatcher``): run forever. Transient faults are absorbed by the stream client;
-  a fatal one (the token was refused) yields one error event and then waits ``auth_retry_delay``
-  seconds before trying again, because Airflow would restart a watcher that returns or raises within
-  about a second, with no backoff.
+  a fatal one (:attr:`ErrorKind.fatal <airflow_provider_upstox.models.events.ErrorKind.fatal>`:
+  the token was refused, the connection is missing or invalid) yields one error event and then
+  waits ``auth_retry_delay`` seconds before trying again, because Airflow would restart a watcher
+  that returns or raises within about a second, with no backoff.
 
-Events::
-
-    {"status": "batch", "account": "AB1234", "updates": [<encoded Update>, ...], "stats": {...}}
-    {"status": "idle", "account": "AB1234", "idle_since_us": 1740641185000000, "stats": {...}}
-    {"status": "error", "error_type": "authentication", "exception": "UpstoxAuthenticationError",
-     "message": "...", "fatal": true, "account": null}
-
-``updates`` decode with :func:`~airflow_provider_upstox.models.updates.decode_updates`.
+Events are the structs of :mod:`airflow_provider_upstox.models.events` (``BatchEvent``,
+``IdleEvent``, ``ErrorEvent``), sent as :func:`~airflow_provider_upstox.models.events.encode_event`
+payloads; consumers read them with :func:`~airflow_provider_upstox.models.events.decode_event`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, ClassVar, Literal
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
 from airflow_provider_upstox.client import AsyncUpstoxClient
 from airflow_provider_upstox.client.aio import ashared_ssl_context
-from airflow_provider_upstox.exceptions import (
-    UpstoxAPIError,
-    UpstoxAuthenticationError,
-    UpstoxError,
-    UpstoxStreamError,
-    UpstoxTransportError,
-    redact_url,
+from airflow_provider_upstox.hooks.upstox import UpstoxHook, snapshot_reader
+from airflow_provider_upstox.models.events import (
+    BatchEvent,
+    ErrorEvent,
+    ErrorKind,
+    EventStats,
+    IdleEvent,
+    StreamEvent,
+    encode_event,
+    exception_text,
 )
-from airflow_provider_upstox.hooks.upstox import UpstoxHook
-from airflow_provider_upstox.models.updates import (
-    GTT_ORDER,
-    HOLDING,
-    ORDER,
-    POSITION,
-    STREAM,
-    Update,
-    normalize_update_types,
-    now_us,
-)
+from airflow_provider_upstox.models.updates import STREAM, Update, normalize_update_types, now_us
 from airflow_provider_upstox.stream import PortfolioStreamClient
 from airflow_provider_upstox.triggers.handoff import HandoffKey, StreamLease, registry
 from airflow_provider_upstox.triggers.metrics import report
@@ -78,23 +66,6 @@ log = logging.getLogger(__name__)
 Mode = Literal["auto", "deferral", "watch"]
 _MODES = ("auto", "deferral", "watch")
 _EVENT_OVERHEAD = 512  # bytes of an event payload besides its updates
-
-
-def _error_type(exc: BaseException) -> str:
-    if isinstance(exc, UpstoxAuthenticationError):
-        return "authentication"
-    if isinstance(exc, UpstoxStreamError):
-        return "stream"
-    if isinstance(exc, UpstoxTransportError):
-        return "transport"
-    if isinstance(exc, UpstoxAPIError):
-        return "api"
-    return "configuration"
-
-
-def _is_fatal(exc: BaseException) -> bool:
-    """Not worth retrying soon: a refused token, a missing or invalid connection."""
-    return isinstance(exc, UpstoxAuthenticationError) or not isinstance(exc, UpstoxError)
 
 
 class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # airflow is untyped here
@@ -198,7 +169,7 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
         try:
             lease = await self._acquire()
         except Exception as exc:
-            yield self._error_event(exc, None)
+            yield _trigger_event(self._error_event(exc, None))
             return
         self._lease = lease
         # What the previous instance yielded but the task has not committed (its try died after
@@ -220,37 +191,37 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
                 )
         except Exception as exc:
             self._drop_lease()
-            yield self._error_event(exc, lease.account)
+            yield _trigger_event(self._error_event(exc, lease.account))
             return
         except BaseException:  # cancelled while waiting: the next instance takes the stream over
             self._release_lease()
             raise
+        event: StreamEvent
         if batch:
             event = self._batch_event(lease, batch)
             lease.unacked = batch
         else:
-            event = TriggerEvent(
-                {
-                    "status": "idle",
-                    "account": lease.account,
-                    "idle_since_us": now_us() - int(self.idle_timeout * 1e6),
-                    "stats": self._small_stats(lease),
-                }
+            event = IdleEvent(
+                account=lease.account,
+                idle_since_us=now_us() - int(self.idle_timeout * 1e6),
+                stats=self._stats(lease),
             )
         # Released before yielding: the triggerer may cancel this task right after taking the event.
         self._release_lease()
-        yield event
+        yield _trigger_event(event)
 
     async def _run_watch(self) -> AsyncIterator[TriggerEvent]:
         while True:
             try:
                 lease = await self._acquire()
             except Exception as exc:
-                if _is_fatal(exc):
-                    yield self._error_event(exc, None)
+                if ErrorKind.of(exc).fatal:
+                    yield _trigger_event(self._error_event(exc, None))
                     await asyncio.sleep(self.auth_retry_delay)
                 else:
-                    log.warning("Could not start the Upstox portfolio stream (%s); retrying", _text(exc))
+                    log.warning(
+                        "Could not start the Upstox portfolio stream (%s); retrying", exception_text(exc)
+                    )
                     await asyncio.sleep(self.error_retry_delay)
                 continue
             self._lease = lease
@@ -264,11 +235,12 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
                 while True:
                     batch, _ = await next_batch(size, wait, None, budget)
                     if batch:
-                        yield self._batch_event(lease, batch)
+                        yield _trigger_event(self._batch_event(lease, batch))
             except Exception as exc:
                 self._drop_lease()
-                yield self._error_event(exc, lease.account)
-                await asyncio.sleep(self.auth_retry_delay if _is_fatal(exc) else self.error_retry_delay)
+                error = self._error_event(exc, lease.account)
+                yield _trigger_event(error)
+                await asyncio.sleep(self.auth_retry_delay if error.fatal else self.error_retry_delay)
             finally:
                 if self._lease is lease:  # cancelled (or the generator closed): close, don't linger
                     self._drop_lease()
@@ -295,19 +267,12 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
         except BaseException:
             await rest.aclose()
             raise
-        readers: dict[str, Callable[[], Any]] = {
-            ORDER: rest.get_order_book,
-            POSITION: rest.get_positions,
-            HOLDING: rest.get_holdings,
-            GTT_ORDER: rest.get_gtt_orders,
-        }
 
         async def authorize() -> str:
             return await rest.authorize_portfolio_stream(update_types)
 
         async def snapshot(update_type: str) -> list[dict[str, Any]]:
-            rows: list[dict[str, Any]] = await readers[update_type]()
-            return rows
+            return await snapshot_reader(rest, update_type)()
 
         options: dict[str, Any] = {"idle_timeout": self.idle_timeout, **self.stream_options}
         stream = PortfolioStreamClient(
@@ -331,58 +296,41 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
         """Bytes the updates of one event may take (estimated, see ``next_sized_batch``)."""
         return self.max_event_bytes - _EVENT_OVERHEAD
 
-    def _small_stats(self, lease: StreamLease) -> dict[str, Any]:
+    @staticmethod
+    def _stats(lease: StreamLease, lag_ms: float | None = None) -> EventStats:
         s = lease.stream.stats
-        return {
-            "connection": lease.stream.connection_epoch,
-            "handoffs": lease.handoffs,
-            "messages": s.messages,
-            "reconnects": s.reconnects,
-            "decode_errors": s.decode_errors,
-            "pending": lease.stream.pending,
-        }
-
-    def _batch_event(self, lease: StreamLease, batch: list[Update]) -> TriggerEvent:
-        now = now_us()
-        updates, oldest = _encode_batch(batch)
-        lag_ms = (now - oldest) / 1000 if oldest is not None else None
-        report(lease, len(batch), lag_ms)
-        stats = self._small_stats(lease)
-        if lag_ms is not None:
-            stats["lag_ms"] = round(lag_ms, 1)
-        return TriggerEvent({"status": "batch", "account": lease.account, "updates": updates, "stats": stats})
-
-    def _error_event(self, exc: BaseException, account: str | None) -> TriggerEvent:
-        fatal = _is_fatal(exc)
-        log.error("Upstox portfolio stream error event (fatal=%s): %s", fatal, _text(exc))
-        return TriggerEvent(
-            {
-                "status": "error",
-                "error_type": _error_type(exc),
-                "exception": type(exc).__name__,
-                "message": _text(exc),
-                "fatal": fatal,
-                "account": account,
-            }
+        return EventStats(
+            connection=lease.stream.connection_epoch,
+            handoffs=lease.handoffs,
+            messages=s.messages,
+            reconnects=s.reconnects,
+            decode_errors=s.decode_errors,
+            pending=lease.stream.pending,
+            lag_ms=None if lag_ms is None else round(lag_ms, 1),
         )
 
+    def _batch_event(self, lease: StreamLease, batch: list[Update]) -> BatchEvent:
+        oldest = oldest_live_update_us(batch)
+        lag_ms = (now_us() - oldest) / 1000 if oldest is not None else None
+        report(lease, len(batch), lag_ms)
+        return BatchEvent(account=lease.account, updates=batch, stats=self._stats(lease, lag_ms))
 
-def _encode_batch(batch: list[Update]) -> tuple[list[list[Any]], int | None]:
-    """``encode_updates(batch)`` and the oldest live ``received_at_us``.
+    @staticmethod
+    def _error_event(exc: BaseException, account: str | None) -> ErrorEvent:
+        event = ErrorEvent.from_exception(exc, account)
+        log.error(
+            "Upstox portfolio stream error event (%s, fatal=%s): %s", event.kind, event.fatal, event.message
+        )
+        return event
 
-    The same JSON arrays as :func:`~airflow_provider_upstox.models.updates.encode_updates`, built
-    directly: ``data`` comes from JSON (a frame or a REST body), so it is already plain JSON and
-    ``msgspec.to_builtins`` would only copy every dict once more (most of an event's cost). Live
-    updates sit in the buffer in arrival order, so the first one is the oldest.
+
+def _trigger_event(event: StreamEvent) -> TriggerEvent:
+    return TriggerEvent(encode_event(event))
+
+
+def oldest_live_update_us(batch: list[Update]) -> int | None:
+    """``received_at_us`` of the batch's first live update (the stream lag; a snapshot row is not).
+
+    Live updates sit in the buffer in arrival order, so the first one is the oldest.
     """
-    updates = [
-        [u.update_type, u.data, u.source, u.seq, u.connection_epoch, u.received_at_us, u.account]
-        for u in batch
-    ]
-    oldest = next((u.received_at_us for u in batch if u.source == STREAM), None)
-    return updates, oldest
-
-
-def _text(exc: BaseException) -> str:
-    """Exception text for events and logs: redacted and bounded (our exceptions carry no secrets)."""
-    return redact_url(str(exc))[:500]
+    return next((u.received_at_us for u in batch if u.source == STREAM), None)

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from airflow.sdk import Asset
 
 from airflow_provider_upstox.models.updates import Update, encode_updates, next_seq, now_us
-from airflow_provider_upstox.operators import events as events_mod
+from airflow_provider_upstox.operators import asset_events
 from airflow_provider_upstox.store import PortfolioStore
 
 ASSET = Asset(name="upstox_events__upstox_default", uri="upstox://upstox_default/events")
@@ -76,7 +76,7 @@ def order_event(event_id: int, seconds: float, order_id: str, status: str, fille
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PortfolioStore:
     s = PortfolioStore.from_url(f"sqlite:///{tmp_path / 'store.db'}")
     s.migrate()
-    monkeypatch.setattr(events_mod, "open_store", lambda conn_id: s)
+    monkeypatch.setattr(asset_events, "open_store", lambda conn_id: s)
     return s
 
 
@@ -91,30 +91,30 @@ def rows(store: PortfolioStore) -> dict[str, tuple[str, int]]:
 def test_reads_everything_after_the_watermark_once(store: PortfolioStore) -> None:
     accessor = Accessor([order_event(1, 0, "1", "open", 0), order_event(2, 1, "1", "open", 2)])
     context = {"inlet_events": {ASSET: accessor}}
-    first = events_mod.persist_asset_events(context, ASSET)
+    first = asset_events.persist_asset_events(context, ASSET)
     assert (first["events"], first["batches"], first["skipped"]) == (2, 2, 0)
     assert first["passes"] == 2  # the second read found nothing new
     assert rows(store) == {"1": ("open", 2)}
 
     # A quiet period, then a burst: all of it is read, nothing twice.
     accessor.events += [order_event(3, 30, "1", "complete", 5), order_event(4, 31, "2", "open", 0)]
-    second = events_mod.persist_asset_events(context, ASSET)
+    second = asset_events.persist_asset_events(context, ASSET)
     assert second["batches"] == 2
     assert accessor.queries[-1] is not None  # read from the watermark, not from the beginning
     assert rows(store) == {"1": ("complete", 5), "2": ("open", 0)}
 
     # Nothing new: nothing applied.
-    again = events_mod.persist_asset_events(context, ASSET)
+    again = asset_events.persist_asset_events(context, ASSET)
     assert again["batches"] == 0
 
 
 def test_late_event_with_older_timestamp_is_not_lost(store: PortfolioStore) -> None:
     accessor = Accessor([order_event(10, 10, "7", "open", 0)])
     context = {"inlet_events": {ASSET: accessor}}
-    events_mod.persist_asset_events(context, ASSET)
+    asset_events.persist_asset_events(context, ASSET)
     # Committed after the first read, stamped 5 s earlier (another triggerer's clock).
     accessor.events.append(order_event(11, 5, "8", "complete", 5))
-    result = events_mod.persist_asset_events(context, ASSET)
+    result = asset_events.persist_asset_events(context, ASSET)
     assert result["batches"] == 1
     assert result["skipped"] == 1  # event 10 seen again in the look-back window and skipped
     assert rows(store)["8"] == ("complete", 5)
@@ -122,7 +122,7 @@ def test_late_event_with_older_timestamp_is_not_lost(store: PortfolioStore) -> N
 
 def test_out_of_order_events_end_in_the_newest_state(store: PortfolioStore) -> None:
     accessor = Accessor([order_event(21, 0, "9", "complete", 5), order_event(20, 1, "9", "open", 1)])
-    events_mod.persist_asset_events({"inlet_events": {ASSET: accessor}}, ASSET)
+    asset_events.persist_asset_events({"inlet_events": {ASSET: accessor}}, ASSET)
     assert rows(store) == {"9": ("complete", 5)}
 
 
@@ -133,7 +133,7 @@ def test_events_committed_during_the_run_are_applied_before_it_ends(store: Portf
         [order_event(30, 0, "5", "open", 0)],
         arrivals=[[order_event(31, 2, "5", "open", 3)], [order_event(32, 3, "6", "complete", 5)]],
     )
-    result = events_mod.persist_asset_events({"inlet_events": {ASSET: accessor}}, ASSET)
+    result = asset_events.persist_asset_events({"inlet_events": {ASSET: accessor}}, ASSET)
     assert (result["events"], result["passes"], result["watermark_event_id"]) == (3, 4, 32)
     assert rows(store) == {"5": ("open", 3), "6": ("complete", 5)}
     assert all(q is not None for q in accessor.queries[1:])  # later reads start at the watermark
@@ -147,9 +147,31 @@ def test_draining_is_bounded(store: PortfolioStore) -> None:
         arrivals=[[order_event(41 + i, 1 + i, "7", "open", 1 + i)] for i in range(3)],
     )
     context = {"inlet_events": {ASSET: accessor}}
-    first = events_mod.persist_asset_events(context, ASSET, drain_seconds=0)
+    first = asset_events.persist_asset_events(context, ASSET, drain_seconds=0)
     assert (first["passes"], first["events"]) == (1, 1)
     assert rows(store) == {"7": ("open", 0)}
-    second = events_mod.persist_asset_events(context, ASSET)
+    second = asset_events.persist_asset_events(context, ASSET)
     assert second["events"] == 3
     assert rows(store) == {"7": ("open", 3)}
+
+
+def test_bad_events_are_counted_and_skipped_without_blocking_the_rest(store: PortfolioStore) -> None:
+    """A hand-made event, a damaged payload, an error event in the shape earlier versions stored: each
+    is counted under its own name, and the batches around them are still applied."""
+    old_error = {"status": "error", "error_type": "authentication", "exception": "UpstoxAuthenticationError",
+                 "message": "token expired", "fatal": True, "account": None}  # fmt: skip
+    accessor = Accessor(
+        [
+            order_event(50, 0, "11", "open", 0),
+            Event(51, T0 + timedelta(seconds=1), {}),  # e.g. created by hand in the UI
+            Event(52, T0 + timedelta(seconds=2), {"from_trigger": True, "payload": {"status": "batch"}}),
+            Event(53, T0 + timedelta(seconds=3), {"from_trigger": True, "payload": old_error}),
+            order_event(54, 4, "11", "complete", 5),
+        ]
+    )
+    result = asset_events.persist_asset_events({"inlet_events": {ASSET: accessor}}, ASSET)
+    assert (result["events"], result["batches"], result["foreign"], result["invalid"], result["errors"]) == (
+        5, 2, 1, 1, 1,
+    )  # fmt: skip
+    assert result["watermark_event_id"] == 54
+    assert rows(store) == {"11": ("complete", 5)}

@@ -48,7 +48,7 @@ from typing import Any
 import sqlalchemy as sa
 import tenacity
 
-from airflow_provider_upstox.models.updates import decode_updates
+from airflow_provider_upstox.models.events import BatchEvent, decode_event
 from airflow_provider_upstox.simulator import RunningSimulator, run_simulator_in_thread
 from airflow_provider_upstox.stream.backoff import exponential_backoff
 from tests.e2e.harness import duplicated_order_states, sql_connection_json
@@ -104,7 +104,7 @@ class OperatorLoop:
     """The deferrable stream operator driven like Airflow drives it (see the module docstring)."""
 
     def __init__(self, run_id: str) -> None:
-        from airflow_provider_upstox.operators.stream import UpstoxPortfolioStreamOperator
+        from airflow_provider_upstox.operators.portfolio_stream import UpstoxPortfolioStreamOperator
 
         self.operator = UpstoxPortfolioStreamOperator(
             task_id="stream__upstox_default",
@@ -203,8 +203,9 @@ class OperatorLoop:
         payload: dict[str, Any] = event.payload
         self.events += 1
         self.payload_texts.append(json.dumps(payload))
-        if payload.get("status") == "batch":
-            for update in decode_updates(payload.get("updates") or []):
+        decoded = decode_event(payload)
+        if isinstance(decoded, BatchEvent):
+            for update in decoded.updates:
                 sig = signature(update.update_type, update.data)
                 if sig is not None:
                     seen = self.seen_snapshot if update.source == "snapshot" else self.seen_stream

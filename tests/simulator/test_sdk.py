@@ -1,6 +1,6 @@
 """The official ``upstox-python-sdk`` streamer, a client no one here wrote, against the simulator.
 
-Only the SDK's hard-coded URL is patched (PROTOCOL.md section 1 B): it connects to the direct path
+Only the SDK's hard-coded URL is patched (``docs/PROTOCOL.md`` §1 B): it connects to the direct path
 with its Bearer header, follows our HTTP 302 to the single-use socket URL (websocket-client does the
 redirect) and must receive every update type.
 """

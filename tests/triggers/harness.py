@@ -7,7 +7,7 @@ import json
 from collections import defaultdict
 from typing import Any
 
-from airflow_provider_upstox.models.updates import decode_updates
+from airflow_provider_upstox.models.events import BatchEvent, ErrorEvent, IdleEvent, decode_event
 from airflow_provider_upstox.triggers.portfolio_stream import UpstoxPortfolioStreamTrigger
 
 
@@ -56,7 +56,7 @@ class Collector:
         self._done = 0
         self.seen: dict[tuple[str, str], set[tuple[Any, ...]]] = defaultdict(set)
         self.updates = 0
-        self.errors: list[dict[str, Any]] = []
+        self.errors: list[ErrorEvent] = []
         self.idle = 0
 
     @property
@@ -65,25 +65,27 @@ class Collector:
 
     def add(self, payload: dict[str, Any]) -> None:
         self.texts.append(json.dumps(payload))
-        if payload["status"] == "error":
-            assert set(payload) == {"status", "error_type", "exception", "message", "fatal", "account"}
-            self.errors.append(payload)
+        if payload["status"] == "error":  # the wire shape: fatality is the kind's, not a flag
+            assert set(payload) == {"status", "error_type", "exception", "message", "account"}
+            error = decode_event(payload)
+            assert isinstance(error, ErrorEvent)
+            self.errors.append(error)
 
     def process(self) -> None:
         while self._done < len(self.texts):
             payload = json.loads(self.texts[self._done])
             self._done += 1
-            status = payload["status"]
-            if status == "batch":
-                for update in decode_updates(payload["updates"]):
+            event = decode_event(payload)
+            if isinstance(event, BatchEvent):
+                for update in event.updates:
                     self.updates += 1
                     sig = signature(update.update_type, update.data)
                     if sig is not None:
                         self.seen[(update.update_type, sig[0])].add(sig[1])
-            elif status == "idle":
+            elif isinstance(event, IdleEvent):
                 self.idle += 1
             else:
-                assert status == "error", payload
+                assert isinstance(event, ErrorEvent), payload
 
     def missing(self, expected: dict[tuple[str, str], tuple[Any, ...]]) -> dict[tuple[str, str], Any]:
         self.process()

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_upstox.models.updates import decode_updates
+from airflow_provider_upstox.models.events import BatchEvent, IdleEvent, StreamEvent, decode_event
 from airflow_provider_upstox.triggers.handoff import registry
 from airflow_provider_upstox.triggers.portfolio_stream import UpstoxPortfolioStreamTrigger
 
@@ -50,26 +50,27 @@ async def test_deferral_snapshot_then_handoff_then_idle(
     def make() -> UpstoxPortfolioStreamTrigger:
         return UpstoxPortfolioStreamTrigger(mode="deferral", max_batch_wait=0.05, idle_timeout=0.5)
 
-    first = [e.payload async for e in make().run()]
-    assert len(first) == 1
-    assert first[0]["status"] == "batch"
-    assert {u.source for u in decode_updates(first[0]["updates"])} == {"snapshot"}
-    assert first[0]["stats"]["handoffs"] == 0
+    payloads = [e.payload async for e in make().run()]
+    assert len(payloads) == 1
+    first = decode_event(payloads[0])
+    assert isinstance(first, BatchEvent)
+    assert {u.source for u in first.updates} == {"snapshot"}
+    assert first.stats.handoffs == 0
     assert len(registry) == 1
 
     sim_process.control.step(30)
-    second = [e.payload async for e in make().run()]
-    assert second[0]["status"] == "batch"
-    assert second[0]["stats"]["handoffs"] == 1
-    updates = decode_updates(second[0]["updates"])
+    second = decode_event([e.payload async for e in make().run()].pop())
+    assert isinstance(second, BatchEvent)
+    assert second.stats.handoffs == 1
+    updates = second.updates
     assert updates
     assert {u.source for u in updates} == {"stream"}
     assert {u.connection_epoch for u in updates} == {1}
-    assert all(u.account == first[0]["account"] for u in updates)
+    assert all(u.account == first.account for u in updates)
 
     while True:  # drain, then a quiet stream gives an idle event for the operator's stop conditions
         payload = [e.payload async for e in make().run()].pop()
-        if payload["status"] == "idle":
+        if isinstance(decode_event(payload), IdleEvent):
             break
     assert set(payload) == {"status", "account", "idle_since_us", "stats"}
 
@@ -84,43 +85,47 @@ async def test_unacknowledged_batch_is_re_emitted_to_the_next_instance(
             mode="deferral", max_batch_wait=0.05, idle_timeout=idle_timeout, acked_seq=acked_seq
         )
 
-    async def one(acked_seq: int | None, idle_timeout: float = 0.5) -> dict[str, Any]:
+    async def one(acked_seq: int | None, idle_timeout: float = 0.5) -> StreamEvent:
         trigger = make(acked_seq, idle_timeout)
-        events = [e.payload async for e in trigger.run()]
+        events = [decode_event(e.payload) async for e in trigger.run()]
         await trigger.cleanup()
         assert len(events) == 1
         return events[0]
 
+    async def batch(acked_seq: int | None, idle_timeout: float = 0.5) -> BatchEvent:
+        event = await one(acked_seq, idle_timeout)
+        assert isinstance(event, BatchEvent), event
+        return event
+
     # First deferral of a try: a fresh connection, snapshot first. Profile, authorize, connect and
     # four REST snapshots come before its first update: 0.5 s was too short on a loaded CI machine.
-    snapshot = await one(0, idle_timeout=5.0)
-    assert snapshot["status"] == "batch"
-    acked = max(u.seq for u in decode_updates(snapshot["updates"]))
+    snapshot = await batch(0, idle_timeout=5.0)
+    acked = max(u.seq for u in snapshot.updates)
     sim_process.control.step(20)
-    lost = await one(acked)  # a live batch, taken over; its try "dies" before committing it
-    lost_updates = decode_updates(lost["updates"])
-    assert lost["stats"]["handoffs"] == 1
+    lost = await batch(acked)  # a live batch, taken over; its try "dies" before committing it
+    lost_updates = lost.updates
+    assert lost.stats.handoffs == 1
     assert {u.source for u in lost_updates} == {"stream"}
 
-    retried = await one(0)  # the retry (a fresh try) takes the parked stream over: same batch again
-    assert retried["stats"]["handoffs"] == 2
-    assert decode_updates(retried["updates"]) == lost_updates
+    retried = await batch(0)  # the retry (a fresh try) takes the parked stream over: same batch again
+    assert retried.stats.handoffs == 2
+    assert retried.updates == lost_updates
 
     partly = max(u.seq for u in lost_updates[: len(lost_updates) // 2]) if len(lost_updates) > 1 else acked
-    again = await one(partly)  # only what is above the committed seq comes back
-    assert decode_updates(again["updates"]) == [u for u in lost_updates if u.seq > partly]
+    again = await batch(partly)  # only what is above the committed seq comes back
+    assert again.updates == [u for u in lost_updates if u.seq > partly]
 
     sim_process.control.step(10)
     committed = max(u.seq for u in lost_updates)
     fresh = await one(committed)  # acknowledged: new updates only (the fast path)
-    if fresh["status"] == "batch":
-        assert min(u.seq for u in decode_updates(fresh["updates"])) > committed
+    if isinstance(fresh, BatchEvent):
+        assert min(u.seq for u in fresh.updates) > committed
 
     sim_process.control.step(10)
     plain = await one(None)  # a consumer that does not acknowledge never gets a batch twice
-    if plain["status"] == "batch" and fresh["status"] == "batch":
-        fresh_seqs = {u.seq for u in decode_updates(fresh["updates"])}
-        assert not fresh_seqs & {u.seq for u in decode_updates(plain["updates"])}
+    if isinstance(plain, BatchEvent) and isinstance(fresh, BatchEvent):
+        fresh_seqs = {u.seq for u in fresh.updates}
+        assert not fresh_seqs & {u.seq for u in plain.updates}
 
 
 async def test_max_event_bytes_splits_batches(

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_upstox.models.events import ErrorKind
 from tests.triggers.harness import (
     Collector,
     ThreadedControl,
@@ -52,17 +53,17 @@ async def test_every_final_state_reaches_an_event(
     deadline = time.monotonic() + 15
 
     def auth_error_seen() -> bool:
-        return any(e["error_type"] == "authentication" for e in collector.errors[errors_before:])
+        return any(e.kind is ErrorKind.AUTHENTICATION for e in collector.errors[errors_before:])
 
     while time.monotonic() < deadline and not auth_error_seen():  # noqa: ASYNC110 - bounded poll
         await asyncio.sleep(0.05)
     stop.set()
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    auth_errors = [e for e in collector.errors[errors_before:] if e["error_type"] == "authentication"]
+    auth_errors = [e for e in collector.errors[errors_before:] if e.kind is ErrorKind.AUTHENTICATION]
     assert auth_errors
-    assert auth_errors[0]["fatal"] is True
-    assert "regenerate" in auth_errors[0]["message"].lower() or "token" in auth_errors[0]["message"].lower()
+    assert auth_errors[0].fatal is True
+    assert "regenerate" in auth_errors[0].message.lower() or "token" in auth_errors[0].message.lower()
 
     # Faults really happened, and were recovered from.
     assert counters["dropped_connections"] >= 4, counters

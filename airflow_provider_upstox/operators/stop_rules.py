@@ -1,49 +1,14 @@
-"""When a continuous stream task stops: pure functions of its recorded progress and the clock.
+"""When a continuous portfolio stream task stops: pure functions of its recorded progress and the clock.
 
 Kept apart from the operator so the rules are tested without Airflow, and so the same numbers
 decide both "stop now?" and "how long may the next deferral wait before we must look again?".
+Stop times of day are parsed by :mod:`airflow_provider_upstox.market_hours`.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, time, timedelta, timezone
 from typing import Any
-from zoneinfo import ZoneInfo
-
-INDIA: ZoneInfo = ZoneInfo("Asia/Kolkata")
-_HHMM = re.compile(r"^\s*(\d{1,2}):(\d{2})(?::(\d{2}))?\s*$")
-
-
-def parse_stop_at(value: str | time | None) -> time | None:
-    """``"15:30"`` / ``"15:30:00"`` / a :class:`~datetime.time` -> time of day (India), ``None`` if unset.
-
-    :raises ValueError: for any other text, naming the expected format.
-    """
-    if value is None or isinstance(value, time):
-        return value
-    text = str(value).strip()
-    if text in ("", "None", "null"):
-        return None
-    match = _HHMM.match(text)
-    if not match:
-        raise ValueError(f"stop_at must be HH:MM or HH:MM:SS in Asia/Kolkata time, got {value!r}")
-    hour, minute, second = int(match[1]), int(match[2]), int(match[3] or 0)
-    return time(hour, minute, second)  # raises ValueError for 25:00 and the like
-
-
-def next_stop_deadline(stop_at: time, now: datetime) -> datetime:
-    """The first instant at or after *now* whose India wall-clock time is *stop_at* (UTC, aware).
-
-    A task started after today's ``stop_at`` runs until tomorrow's: stopping at once would make a
-    continuous DAG spin through empty runs until midnight.
-    """
-    local_now = now.astimezone(INDIA)
-    candidate = datetime.combine(local_now.date(), stop_at, tzinfo=INDIA)
-    if candidate <= local_now:
-        candidate = datetime.combine(local_now.date() + timedelta(days=1), stop_at, tzinfo=INDIA)
-    return candidate.astimezone(timezone.utc)
 
 
 def optional_number(value: Any, name: str, *, integer: bool = False) -> float | None:
@@ -77,6 +42,8 @@ class StreamProgress:
     rows_by_type: dict[str, int] = field(default_factory=dict)
     applied: dict[str, int] = field(default_factory=dict)
     errors: int = 0
+    #: the highest update seq committed in this try (``0``: none), passed to each re-deferral's trigger
+    acked_seq: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

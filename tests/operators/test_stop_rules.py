@@ -6,13 +6,8 @@ from datetime import datetime, time, timezone
 
 import pytest
 
-from airflow_provider_upstox.operators._stopping import (
-    StopRules,
-    StreamProgress,
-    next_stop_deadline,
-    optional_number,
-    parse_stop_at,
-)
+from airflow_provider_upstox.market_hours import next_stop_deadline, parse_stop_at
+from airflow_provider_upstox.operators.stop_rules import StopRules, StreamProgress, optional_number
 
 
 @pytest.mark.parametrize(

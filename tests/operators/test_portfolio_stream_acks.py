@@ -15,8 +15,12 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import TaskDeferred
 
+from airflow_provider_upstox.models.events import ErrorEvent, ErrorKind, InvalidEventError, encode_event
 from airflow_provider_upstox.models.updates import Update, encode_updates, next_seq, now_us
-from airflow_provider_upstox.operators.stream import UpstoxPortfolioStreamOperator
+from airflow_provider_upstox.operators.portfolio_stream import (
+    UpstoxPortfolioStreamFatalError,
+    UpstoxPortfolioStreamOperator,
+)
 
 
 @pytest.fixture
@@ -72,3 +76,29 @@ def test_fresh_try_acks_nothing_and_each_commit_raises_acked_seq(
 
     retry = _deferred_trigger(lambda: operator.execute(context))  # the try died: a new try
     assert retry.acked_seq == 0
+
+
+def test_error_events_fail_only_when_their_kind_is_fatal(operator: UpstoxPortfolioStreamOperator) -> None:
+    context = _context("run-errors")
+    _deferred_trigger(lambda: operator.execute(context))
+    transient = encode_event(
+        ErrorEvent(kind=ErrorKind.TRANSPORT, exception="UpstoxTransportError", message="timed out")
+    )
+    _deferred_trigger(lambda: operator.execute_complete(context, transient))  # re-defers
+    refused = encode_event(
+        ErrorEvent(kind=ErrorKind.AUTHENTICATION, exception="UpstoxAuthenticationError", message="refused")
+    )
+    with pytest.raises(UpstoxPortfolioStreamFatalError, match="authentication"):
+        operator.execute_complete(context, refused)
+    # The shape an earlier version sent (with its own ``fatal`` flag) means the same.
+    old = {"status": "error", "error_type": "configuration", "exception": "AirflowNotFoundException",
+           "message": "conn not found", "fatal": True, "account": None}  # fmt: skip
+    with pytest.raises(UpstoxPortfolioStreamFatalError, match="conn not found"):
+        operator.execute_complete(context, old)
+
+
+def test_a_foreign_event_is_refused_by_name(operator: UpstoxPortfolioStreamOperator) -> None:
+    context = _context("run-foreign")
+    _deferred_trigger(lambda: operator.execute(context))
+    with pytest.raises(InvalidEventError, match="not an Upstox portfolio stream event"):
+        operator.execute_complete(context, {"status": "success", "rows": 3})

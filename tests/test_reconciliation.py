@@ -1,11 +1,13 @@
-"""The comparison at the heart of reconciliation (pure function)."""
+"""The comparison at the heart of reconciliation (pure function, no Airflow, no database)."""
 
 from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal
 
-from airflow_provider_upstox.operators.reconciliation import EXTRA, MISMATCH, MISSING, compare, index_rows
+from airflow_provider_upstox import reconciliation
+from airflow_provider_upstox.reconciliation import EXTRA, MISMATCH, MISSING, compare, index_rows
+from airflow_provider_upstox.store import schema
 
 TODAY = date(2025, 3, 3)
 
@@ -56,3 +58,14 @@ def test_gtt_rule_statuses() -> None:
 
 def test_index_rows_skips_keyless() -> None:
     assert list(index_rows("holding", [{"isin": "INE1"}, {"quantity": 3}])) == ["INE1"]
+
+
+def test_the_old_operators_module_re_exports_the_same_objects() -> None:
+    from airflow_provider_upstox.operators import reconciliation as old
+
+    assert (old.compare, old.Discrepancy, old.index_rows) == (
+        reconciliation.compare,
+        reconciliation.Discrepancy,
+        reconciliation.index_rows,
+    )
+    assert (old.reconciliation_runs, old.reconciliation_discrepancies) == schema.RECONCILIATION_TABLES

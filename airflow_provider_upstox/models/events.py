@@ -1,0 +1,183 @@
+"""The trigger -> operator contract: what ``UpstoxPortfolioStreamTrigger`` tells its consumers.
+
+Every trigger event payload is one of three ``msgspec`` structs, tagged by ``status``:
+
+* :class:`BatchEvent` (``"batch"``): updates to persist, with the account they belong to;
+* :class:`IdleEvent` (``"idle"``): deferral mode only, no update for ``idle_timeout`` seconds;
+* :class:`ErrorEvent` (``"error"``): the stream failed; its :class:`ErrorKind` says whether
+  re-deferring or retrying can help (:attr:`ErrorKind.fatal`).
+
+The trigger builds a struct and sends :func:`encode_event` of it; the continuous operator and the
+AssetWatcher consumer (which finds the same payload under an asset event's ``extra["payload"]``)
+call :func:`decode_event` and dispatch on the struct's type. Nothing else reads or writes the
+payload's keys.
+
+The payload is plain JSON because Airflow stores it (a deferred task's ``next_kwargs``, an asset
+event's ``extra``) in JSON columns and the triggerer logs it at INFO: it holds no secret, only an
+account id, counters, updates and an exception's redacted text. Updates travel as JSON arrays (see
+:func:`~airflow_provider_upstox.models.updates.encode_updates`), which keeps a batch small.
+
+The wire shape is the one the provider has always sent, so asset events already queued in the
+metadata database by an earlier version decode too (their extra ``fatal`` key is ignored: fatality
+is a property of the kind now, not a flag that could disagree with it).
+
+No Airflow import here.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Final, TypeAlias
+
+import msgspec
+
+from airflow_provider_upstox.exceptions import (
+    UpstoxAPIError,
+    UpstoxAuthenticationError,
+    UpstoxError,
+    UpstoxStreamError,
+    UpstoxTransportError,
+    redact_url,
+)
+from airflow_provider_upstox.models.updates import Update, encode_updates
+
+#: Longest exception text an :class:`ErrorEvent` carries (events are logged and stored).
+MAX_MESSAGE_CHARS: Final = 500
+
+
+class InvalidEventError(UpstoxError, ValueError):
+    """A payload is not an event of :class:`UpstoxPortfolioStreamTrigger` (foreign or damaged)."""
+
+
+class ErrorKind(str, enum.Enum):  # not StrEnum: Python 3.10 is supported
+    """What failed, as sent in an error event's ``error_type``: exactly the values the trigger sends."""
+
+    #: Upstox refused the access token (401/403, ``UDAPI100050``): fatal until the token is replaced.
+    AUTHENTICATION = "authentication"
+    #: Anything that is not an Upstox failure: a missing or invalid connection, a bug. Fatal.
+    CONFIGURATION = "configuration"
+    #: A REST call answered with another error (rate limit, 5xx, malformed answer): transient.
+    API = "api"
+    #: No HTTP answer (timeout, refused connection): transient.
+    TRANSPORT = "transport"
+    #: The portfolio stream WebSocket failed: transient.
+    STREAM = "stream"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    @property
+    def fatal(self) -> bool:
+        """No amount of retrying soon can fix it: a person must change the token or the connection."""
+        return self in _FATAL_KINDS
+
+    @classmethod
+    def of(cls, exc: BaseException) -> ErrorKind:
+        """The kind of *exc* (the most specific class wins: a refused token is also an API error)."""
+        if isinstance(exc, UpstoxAuthenticationError):
+            return cls.AUTHENTICATION
+        if isinstance(exc, UpstoxStreamError):
+            return cls.STREAM
+        if isinstance(exc, UpstoxTransportError):
+            return cls.TRANSPORT
+        if isinstance(exc, UpstoxAPIError):
+            return cls.API
+        return cls.CONFIGURATION
+
+
+_FATAL_KINDS: Final = frozenset({ErrorKind.AUTHENTICATION, ErrorKind.CONFIGURATION})
+
+
+class EventStats(msgspec.Struct, kw_only=True):
+    """A few counters of the stream behind an event, for logs and dashboards (not for decisions).
+
+    A small selection of the stream client's ``StreamStats`` plus the trigger's hand-offs and lag.
+    Defaults let an event that carries fewer counters (older versions, tests) decode.
+    """
+
+    #: which connection of the stream client produced the event (1, 2, ...)
+    connection: int = 0
+    #: how many trigger instances have taken the open stream over
+    handoffs: int = 0
+    messages: int = 0
+    reconnects: int = 0
+    decode_errors: int = 0
+    #: updates waiting in the stream client's buffer
+    pending: int = 0
+    #: batch events: how long the oldest live update of the batch waited, milliseconds
+    lag_ms: float | None = None
+
+
+class BatchEvent(msgspec.Struct, tag_field="status", tag="batch", kw_only=True):
+    """Updates to persist, oldest first. ``account``: the Upstox user id, when known."""
+
+    updates: list[Update]
+    account: str | None = None
+    stats: EventStats = msgspec.field(default_factory=EventStats)
+
+
+class IdleEvent(msgspec.Struct, tag_field="status", tag="idle", kw_only=True):
+    """No update since ``idle_since_us`` (epoch µs UTC): a chance to evaluate stop conditions."""
+
+    idle_since_us: int
+    account: str | None = None
+    stats: EventStats = msgspec.field(default_factory=EventStats)
+
+
+class ErrorEvent(msgspec.Struct, tag_field="status", tag="error", kw_only=True):
+    """The stream failed. ``exception`` is the class name, ``message`` its redacted, bounded text."""
+
+    kind: ErrorKind = msgspec.field(name="error_type")
+    exception: str
+    message: str
+    account: str | None = None
+
+    @property
+    def fatal(self) -> bool:
+        return self.kind.fatal
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, account: str | None) -> ErrorEvent:
+        """The event for *exc*, its text redacted (no stream URL credential) and bounded."""
+        return cls(
+            kind=ErrorKind.of(exc),
+            exception=type(exc).__name__,
+            message=exception_text(exc),
+            account=account,
+        )
+
+
+#: Every event the trigger sends.
+StreamEvent: TypeAlias = BatchEvent | IdleEvent | ErrorEvent
+
+
+def exception_text(exc: BaseException) -> str:
+    """Exception text for events and logs: redacted and bounded (our exceptions carry no secrets)."""
+    return redact_url(str(exc))[:MAX_MESSAGE_CHARS]
+
+
+def encode_event(event: StreamEvent) -> dict[str, Any]:
+    """The JSON payload of *event* for a ``TriggerEvent``.
+
+    A batch's updates are encoded by :func:`encode_updates` (arrays that share the updates' ``data``
+    dicts) instead of ``msgspec.to_builtins``, which would copy every dict once more: most of the
+    cost of an event.
+    """
+    if isinstance(event, BatchEvent):
+        payload: dict[str, Any] = msgspec.to_builtins(msgspec.structs.replace(event, updates=[]))
+        payload["updates"] = encode_updates(event.updates)
+        return payload
+    return msgspec.to_builtins(event)  # type: ignore[no-any-return]
+
+
+def decode_event(payload: Any) -> StreamEvent:
+    """The event a payload of :func:`encode_event` holds (also the shape earlier versions sent).
+
+    :raises InvalidEventError: not a dict, no or an unknown ``status``, a missing or mistyped field
+        (the message names it and the path, never a value).
+    """
+    try:
+        event: StreamEvent = msgspec.convert(payload, StreamEvent)  # type: ignore[arg-type]
+    except msgspec.ValidationError as exc:
+        raise InvalidEventError(f"not an Upstox portfolio stream event: {exc}") from None
+    return event

@@ -1,0 +1,320 @@
+"""``UpstoxPortfolioStreamOperator``: a deferrable task that keeps the portfolio store up to date.
+
+Life of one try::
+
+    execute()  -> record fresh progress in the DB -> defer(UpstoxPortfolioStreamTrigger)
+    execute_complete(event) -> decode the event (models/events.py) -> persist a batch through the
+                               store -> record progress -> stop (emit asset events) or defer again
+
+Progress (batches, rows per kind, last event time, idle start, the ``stop_at`` deadline) is kept in
+the database, keyed by dag/task/run/map index: task-sdk 1.3.2 drops ``defer(kwargs=...)`` under
+``dag.test()``, and a database record also survives a worker restart. Every re-deferral creates a
+new trigger; the trigger recovers anything missed in between from the REST snapshot it takes on
+connect, and the store's ordering rule makes replays harmless.
+
+The progress record also holds ``acked_seq``, the highest update seq committed in this try, saved
+after the batch's commit and passed to every re-deferral's trigger: a trigger that takes over a
+parked stream re-emits the last batch it yielded unless ``acked_seq`` covers it. A fresh try
+(``execute``) passes ``0`` (nothing committed), so a batch whose try died before its commit is
+delivered again.
+
+On a silent market no trigger event comes, so each deferral carries a timeout equal to the time
+left before a stop condition could become true; :meth:`resume_execution` turns that timeout into
+a wake-up instead of a failure.
+
+Asset events: the outlet is the alias ``upstox_stream__<conn_id>``; when the task stops it emits
+one event per kind it persisted during the try (``upstox_orders__<conn_id>``...), with the row
+counts, account and time range as ``extra``. See :mod:`airflow_provider_upstox.assets`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.bases.operator import TriggerFailureReason
+
+from airflow_provider_upstox.assets import ASSET_KINDS, portfolio_asset, stream_alias
+from airflow_provider_upstox.exceptions import UpstoxAuthenticationError
+from airflow_provider_upstox.market_hours import next_stop_deadline, parse_stop_at
+from airflow_provider_upstox.models.events import BatchEvent, ErrorEvent, IdleEvent, StreamEvent, decode_event
+from airflow_provider_upstox.models.updates import STREAM, Update, normalize_update_types, now_us
+from airflow_provider_upstox.operators._db import load_progress, open_store, save_progress
+from airflow_provider_upstox.operators.stop_rules import StopRules, StreamProgress, optional_number
+from airflow_provider_upstox.store import ApplyResult
+
+log = logging.getLogger(__name__)
+
+#: Smallest trigger ``idle_timeout`` the operator derives from ``stop_after_idle`` (seconds).
+MIN_IDLE_TIMEOUT = 5.0
+
+
+class UpstoxPortfolioStreamFatalError(UpstoxAuthenticationError):
+    """The trigger reported an error that re-deferring cannot fix (e.g. an expired access token)."""
+
+
+class UpstoxPortfolioStreamOperator(BaseOperator):
+    """Stream an Upstox account's orders, positions, holdings and GTT orders into a SQL database.
+
+    :param upstox_conn_id: the ``upstox`` connection (access token, base URL). Also names the assets,
+        so keep it a literal rather than a template.
+    :param sql_conn_id: any Airflow SQL connection (SQLite, PostgreSQL, MySQL/MariaDB) for the store.
+    :param update_types: kinds to subscribe to (``"order,position"`` or a list); default all four.
+    :param max_batch_size: most updates in one trigger event.
+    :param max_batch_wait: seconds the trigger waits to fill a batch; bounds the latency.
+    :param idle_timeout: seconds of socket silence after which the trigger treats the connection
+        as dead and reconnects.
+    :param stop_at: time of day in Asia/Kolkata (``"15:30"``) at which to stop; the next such time
+        after the try starts.
+    :param stop_after_idle: stop after this many seconds without a live stream message (the REST
+        snapshot taken on each connect is not activity).
+    :param max_batches: stop after persisting this many non-empty batches.
+    :param emit_assets: emit asset events for the kinds persisted (needs the default outlet).
+    """
+
+    template_fields: Sequence[str] = (
+        "sql_conn_id",
+        "update_types",
+        "max_batch_size",
+        "max_batch_wait",
+        "idle_timeout",
+        "stop_at",
+        "stop_after_idle",
+        "max_batches",
+    )
+    ui_color = "#5a2d82"
+
+    def __init__(
+        self,
+        *,
+        upstox_conn_id: str = "upstox_default",
+        sql_conn_id: str = "upstox_db",
+        update_types: str | Sequence[str] | None = None,
+        max_batch_size: int | str = 500,
+        max_batch_wait: float | str = 1.0,
+        idle_timeout: float | str = 60.0,
+        stop_at: str | None = None,
+        stop_after_idle: float | str | None = None,
+        max_batches: int | str | None = None,
+        emit_assets: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if emit_assets and "outlets" not in kwargs:
+            kwargs["outlets"] = [stream_alias(upstox_conn_id)]
+        super().__init__(**kwargs)
+        self.upstox_conn_id = upstox_conn_id
+        self.sql_conn_id = sql_conn_id
+        self.update_types = update_types
+        self.max_batch_size = max_batch_size
+        self.max_batch_wait = max_batch_wait
+        self.idle_timeout = idle_timeout
+        self.stop_at = stop_at
+        self.stop_after_idle = stop_after_idle
+        self.max_batches = max_batches
+        self.emit_assets = emit_assets
+        # Fail at parse time for literal values; templated ones are checked again after rendering.
+        if not _is_template(update_types):
+            normalize_update_types(update_types)
+        if not _is_template(stop_at):
+            parse_stop_at(stop_at)
+
+    # ---------------------------------------------------------------- settings after rendering
+    def _rules(self) -> StopRules:
+        batches = optional_number(self.max_batches, "max_batches", integer=True)
+        return StopRules(
+            max_batches=None if batches is None else int(batches),
+            stop_after_idle=optional_number(self.stop_after_idle, "stop_after_idle"),
+        )
+
+    def _progress_key(self, context: Any) -> str:
+        ti = context["ti"]
+        return f"stream:{ti.dag_id}/{ti.task_id}/{ti.run_id}/{ti.map_index}"
+
+    def _trigger(self, rules: StopRules, acked_seq: int) -> Any:
+        from airflow_provider_upstox.triggers.portfolio_stream import UpstoxPortfolioStreamTrigger
+
+        idle_timeout = float(optional_number(self.idle_timeout, "idle_timeout") or 60.0)
+        if rules.stop_after_idle is not None:
+            # The trigger's idle event is what wakes the task when nothing happens (under dag.test
+            # deferral timeouts are not enforced), so it must not wait longer than the idle stop.
+            idle_timeout = min(idle_timeout, max(MIN_IDLE_TIMEOUT, rules.stop_after_idle))
+        return UpstoxPortfolioStreamTrigger(
+            upstox_conn_id=self.upstox_conn_id,
+            update_types=list(normalize_update_types(self.update_types)),
+            max_batch_size=int(optional_number(self.max_batch_size, "max_batch_size", integer=True) or 500),
+            max_batch_wait=float(optional_number(self.max_batch_wait, "max_batch_wait") or 1.0),
+            idle_timeout=idle_timeout,
+            acked_seq=acked_seq,
+        )
+
+    def _defer(self, progress: StreamProgress, rules: StopRules) -> None:
+        wait = rules.wake_after(progress, now_us())
+        self.defer(
+            trigger=self._trigger(rules, progress.acked_seq),
+            method_name="execute_complete",
+            timeout=None if wait is None else timedelta(seconds=wait),
+        )
+
+    # ---------------------------------------------------------------- entry points
+    def execute(self, context: Any) -> dict[str, Any] | None:
+        """Start a try: fresh progress record, then defer to the trigger."""
+        rules = self._rules()
+        stop_at = parse_stop_at(self.stop_at)
+        now = datetime.now(timezone.utc)
+        store = open_store(self.sql_conn_id)
+        progress = StreamProgress(
+            started_at_us=now_us(),
+            idle_since_us=now_us(),
+            deadline_us=None if stop_at is None else int(next_stop_deadline(stop_at, now).timestamp() * 1e6),
+        )
+        save_progress(store, self._progress_key(context), progress.to_json())
+        log.info(
+            "Streaming %s into %s (update types %s; stop: max_batches=%s, stop_after_idle=%s, stop_at=%s)",
+            self.upstox_conn_id,
+            self.sql_conn_id,
+            ",".join(normalize_update_types(self.update_types)),
+            rules.max_batches,
+            rules.stop_after_idle,
+            stop_at,
+        )
+        self._defer(progress, rules)  # acked_seq 0: nothing of an earlier try is known to be committed
+        return None  # not reached: defer() raises
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Any) -> Any:
+        """Treat the deferral timeout we set as a wake-up to check the stop conditions, not a failure."""
+        if (
+            next_method == "__fail__"
+            and (next_kwargs or {}).get("error") == TriggerFailureReason.TRIGGER_TIMEOUT
+        ):
+            return self._step(context, None)
+        return super().resume_execution(next_method, next_kwargs, context)
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Persist one trigger event, record progress, then stop or defer again.
+
+        :raises InvalidEventError: *event* is not a payload of the portfolio stream trigger.
+        """
+        return self._step(context, None if event is None else decode_event(event))
+
+    def _step(self, context: Any, event: StreamEvent | None) -> dict[str, Any] | None:
+        """One wake-up: *event* from the trigger, or ``None`` when the deferral timeout woke us."""
+        rules = self._rules()
+        store = open_store(self.sql_conn_id)
+        key = self._progress_key(context)
+        loaded = load_progress(store, key)
+        progress = StreamProgress.from_json(loaded) if loaded else StreamProgress(now_us(), now_us())
+        progress.events += 1
+        committed = self._handle_event(store, progress, event)
+        if committed is not None:
+            progress.acked_seq = max(progress.acked_seq, committed)
+        # Saved after the batch's commit, so acked_seq never runs ahead of what is in the store.
+        save_progress(store, key, progress.to_json())
+        reason = rules.reason_to_stop(progress, now_us())
+        if reason is None:
+            self._defer(progress, rules)
+        log.info(
+            "Stopping the stream of %s: %s (%d batches, %d updates)",
+            self.upstox_conn_id,
+            reason,
+            progress.batches,
+            progress.updates,
+        )
+        if self.emit_assets:
+            self._emit_assets(context, progress)
+        return {
+            "reason": reason,
+            "account": progress.account,
+            "batches": progress.batches,
+            "updates": progress.updates,
+            "rows_by_type": progress.rows_by_type,
+            "applied": progress.applied,
+        }
+
+    # ---------------------------------------------------------------- internals
+    def _handle_event(self, store: Any, progress: StreamProgress, event: StreamEvent | None) -> int | None:
+        """Persist a batch event (or account for another kind); the highest seq committed, if any."""
+        if isinstance(event, BatchEvent):
+            return self._persist_batch(store, progress, event)
+        if isinstance(event, ErrorEvent):
+            progress.errors += 1
+            if event.fatal:
+                raise UpstoxPortfolioStreamFatalError(
+                    f"Upstox stream of connection {self.upstox_conn_id!r} cannot continue "
+                    f"({event.kind}): {event.message}. If the access token expired (they expire at "
+                    "03:30 India time), generate a new one and update the connection."
+                )
+            log.warning(
+                "Stream error on %s (%s): %s; deferring again", self.upstox_conn_id, event.kind, event.message
+            )
+        elif isinstance(event, IdleEvent):
+            log.debug("No update since %d; checking stop conditions", event.idle_since_us)
+        else:
+            log.debug("Woken by the deferral timeout; checking stop conditions")
+        return None
+
+    def _persist_batch(self, store: Any, progress: StreamProgress, event: BatchEvent) -> int | None:
+        updates = event.updates
+        account = event.account or progress.account or _account_of(updates)
+        if account is None:
+            account = self._lookup_account()
+        progress.account = account
+        if not updates:
+            return None
+        result: ApplyResult = store.apply(updates, account=account, stream_key=f"conn:{self.upstox_conn_id}")
+        now = now_us()
+        progress.batches += 1
+        progress.updates += len(updates)
+        progress.last_event_at_us = now
+        if any(u.source == STREAM for u in updates):
+            # Idle means "no live message": the snapshot each (re)connect takes is not activity.
+            progress.idle_since_us = now
+        for update in updates:
+            progress.rows_by_type[update.update_type] = progress.rows_by_type.get(update.update_type, 0) + 1
+        applied = progress.applied
+        for name, count in (
+            ("inserted", result.inserted),
+            ("updated", result.updated),
+            ("ignored", result.ignored),
+            ("rejected", result.rejected),
+        ):
+            applied[name] = applied.get(name, 0) + count
+        log.info("Batch %d: %d updates for %s -> %s", progress.batches, len(updates), account, result)
+        return max(u.seq for u in updates)
+
+    def _lookup_account(self) -> str:
+        from airflow_provider_upstox.hooks.upstox import UpstoxHook
+
+        return str(UpstoxHook(upstox_conn_id=self.upstox_conn_id).get_account_id())
+
+    def _emit_assets(self, context: Any, progress: StreamProgress) -> None:
+        alias = stream_alias(self.upstox_conn_id)
+        outlet_events = context["outlet_events"]
+        for update_type, rows in progress.rows_by_type.items():
+            if update_type not in ASSET_KINDS or not rows:
+                continue
+            outlet_events[alias].add(
+                portfolio_asset(self.upstox_conn_id, update_type),
+                extra={
+                    "account": progress.account,
+                    "conn_id": self.upstox_conn_id,
+                    "update_type": update_type,
+                    "updates": rows,
+                    "batches": progress.batches,
+                    "started_at_us": progress.started_at_us,
+                    "last_event_at_us": progress.last_event_at_us,
+                },
+            )
+
+
+def _is_template(value: Any) -> bool:
+    return isinstance(value, str) and "{{" in value
+
+
+def _account_of(updates: Sequence[Update]) -> str | None:
+    for update in updates:
+        if update.account:
+            return str(update.account)
+    return None

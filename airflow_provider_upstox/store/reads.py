@@ -1,0 +1,78 @@
+"""Reads for the layers above the store: stored Upstox objects, and operator progress records.
+
+Callers (the reconciliation operator, the stream and asset-event operators) reach these through
+:class:`~airflow_provider_upstox.store.PortfolioStore` methods, never through table names: the
+shape of every table belongs to :mod:`.schema` alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from airflow_provider_upstox.models.updates import natural_key
+from airflow_provider_upstox.store import schema
+
+#: ``upstox_stream_progress.account`` of operator progress records: a task does not know its Upstox
+#: account when it starts, so its records live under this pseudo-account (no Upstox id is "-").
+OPERATOR_ACCOUNT: Final = "-"
+
+#: Typed columns that replace the raw JSON field of the same name in :func:`read_stored_objects`:
+#: the fields reconciliation compares, as the store's ordering rule maintains them.
+OVERLAID_COLUMNS: Final = frozenset(
+    {"status", "filled_quantity", "quantity", "day_buy_quantity", "day_sell_quantity"}
+)
+
+_stream_key_type = schema.stream_progress.c.stream_key.type
+assert isinstance(_stream_key_type, sa.String)
+assert _stream_key_type.length
+_STREAM_KEY_MAX: Final = _stream_key_type.length
+_SHA1_SUFFIX: Final = 41  # "#" + 40 hex digits
+
+
+def read_stored_objects(engine: Engine, account: str, update_type: str) -> dict[str, dict[str, Any]]:
+    """Stored objects of *account* and *update_type*, keyed like a REST snapshot of that type.
+
+    Each object is the stored raw Upstox JSON, overlaid with the non-null typed columns named in
+    :data:`OVERLAID_COLUMNS` (the typed columns are what the ordering rule keeps; the raw JSON is
+    the winning message as received). Keys are :func:`~airflow_provider_upstox.models.updates.natural_key`
+    of the object, as for snapshot rows.
+
+    :raises ValueError: *update_type* is not a stored type (order, position, holding, gtt_order).
+    """
+    table = schema.STATE_TABLES.get(update_type)
+    if table is None:
+        raise ValueError(
+            f"no stored objects of type {update_type!r}; use one of {sorted(schema.STATE_TABLES)}"
+        )
+    overlaid = [column for column in table.c if column.name in OVERLAID_COLUMNS]
+    query = sa.select(table.c.raw, *overlaid).where(table.c.account == account).order_by(*table.primary_key)
+    result: dict[str, dict[str, Any]] = {}
+    with engine.connect() as conn:
+        for row in conn.execute(query).mappings():
+            raw = row["raw"]
+            data: dict[str, Any] = dict(raw) if isinstance(raw, dict) else {}
+            data.update((c.name, row[c.name]) for c in overlaid if row[c.name] is not None)
+            key = natural_key(update_type, data)
+            if key is not None:
+                result[key] = data
+    return result
+
+
+def operator_stream_key(key: str) -> str:
+    """The ``stream_key`` of operator progress record *key*: *key* itself if it fits the column,
+    else a prefix plus the SHA-1 of the whole key (stable and unique; task keys can be long)."""
+    if len(key) <= _STREAM_KEY_MAX:
+        return key
+    digest = hashlib.sha1(key.encode()).hexdigest()
+    return f"{key[: _STREAM_KEY_MAX - _SHA1_SUFFIX]}#{digest}"
+
+
+def operator_state(progress_row: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The JSON object an operator saved, from its ``upstox_stream_progress`` row (or ``None``)."""
+    state = None if progress_row is None else progress_row["state"]
+    return dict(state) if isinstance(state, dict) else None

@@ -1,0 +1,148 @@
+"""The trigger -> operator event contract: round trips, the old stored shape, and what it refuses."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+import pytest
+
+from airflow_provider_upstox.exceptions import (
+    InvalidUpdateError,
+    UpstoxAPIError,
+    UpstoxAuthenticationError,
+    UpstoxRateLimitError,
+    UpstoxStreamClosedError,
+    UpstoxTransportError,
+)
+from airflow_provider_upstox.models.events import (
+    MAX_MESSAGE_CHARS,
+    BatchEvent,
+    ErrorEvent,
+    ErrorKind,
+    EventStats,
+    IdleEvent,
+    InvalidEventError,
+    StreamEvent,
+    decode_event,
+    encode_event,
+)
+from airflow_provider_upstox.models.updates import Update, encode_updates
+
+UPDATES = [
+    Update(update_type="order", data={"order_id": "1", "status": "open", "quantity": 5}, seq=7,
+           connection_epoch=2, received_at_us=1_740_641_185_000_000, account="AB1234"),
+    Update(update_type="holding", data={"isin": "INE002A01018", "quantity": 3}, source="snapshot", seq=8,
+           connection_epoch=2, received_at_us=1_740_641_184_000_000),
+]  # fmt: skip
+STATS = EventStats(
+    connection=2, handoffs=1, messages=40, reconnects=1, decode_errors=0, pending=3, lag_ms=1.5
+)
+
+
+def through_json(event: StreamEvent) -> Any:
+    """What a consumer gets back: Airflow stores the payload as JSON text."""
+    return json.loads(json.dumps(encode_event(event)))
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        BatchEvent(updates=UPDATES, account="AB1234", stats=STATS),
+        BatchEvent(updates=[]),
+        IdleEvent(idle_since_us=1_740_641_185_000_000, account="AB1234", stats=STATS),
+        ErrorEvent(
+            kind=ErrorKind.STREAM, exception="UpstoxStreamClosedError", message="closed", account=None
+        ),
+    ],
+    ids=["batch", "empty-batch", "idle", "error"],
+)
+def test_every_event_round_trips_through_json(event: StreamEvent) -> None:
+    assert decode_event(through_json(event)) == event
+
+
+def test_wire_shape_is_small_and_tagged_by_status() -> None:
+    batch = through_json(BatchEvent(updates=UPDATES, account="AB1234", stats=STATS))
+    assert set(batch) == {"status", "account", "updates", "stats"}
+    assert batch["status"] == "batch"
+    assert batch["updates"] == json.loads(json.dumps(encode_updates(UPDATES)))  # arrays, no field names
+    error = through_json(ErrorEvent(kind=ErrorKind.AUTHENTICATION, exception="X", message="m"))
+    assert error == {"status": "error", "error_type": "authentication", "exception": "X", "message": "m",
+                     "account": None}  # fmt: skip
+
+
+def test_events_stored_by_earlier_versions_still_decode() -> None:
+    """Asset events queued in the metadata DB before the upgrade: the same keys, plus ``fatal``."""
+    wire_updates = json.loads(json.dumps(encode_updates(UPDATES)))
+    old_batch = {"status": "batch", "account": "AB1234", "updates": wire_updates,
+                 "stats": {"connection": 1, "handoffs": 0, "messages": 3, "reconnects": 0, "decode_errors": 0,
+                           "pending": 0, "lag_ms": 2.0}}  # fmt: skip
+    decoded = decode_event(old_batch)
+    assert isinstance(decoded, BatchEvent)
+    assert decoded.updates == UPDATES
+    assert decoded.stats.lag_ms == 2.0
+    old_error = {"status": "error", "error_type": "authentication", "exception": "UpstoxAuthenticationError",
+                 "message": "token expired", "fatal": True, "account": None}  # fmt: skip
+    error = decode_event(old_error)
+    assert isinstance(error, ErrorEvent)
+    assert (error.kind, error.fatal, error.message) == (ErrorKind.AUTHENTICATION, True, "token expired")
+    bare = decode_event({"status": "batch", "account": "AB1234", "updates": []})  # no stats (tests, old)
+    assert bare == BatchEvent(updates=[], account="AB1234")
+
+
+@pytest.mark.parametrize(
+    ("payload", "where"),
+    [
+        (None, "object"),
+        ([], "object"),
+        ({}, "status"),
+        ({"status": "wakeup"}, "status"),
+        ({"status": "batch"}, "updates"),
+        ({"status": "batch", "updates": [["order", {"order_id": "1"}, "stream", "not a seq"]]}, "updates[0]"),
+        ({"status": "batch", "updates": "x"}, "updates"),
+        ({"status": "idle", "idle_since_us": "soon"}, "idle_since_us"),
+        ({"status": "error", "error_type": "auth", "exception": "X", "message": "m"}, "error_type"),
+        ({"status": "error", "error_type": "authentication", "message": "m"}, "exception"),
+    ],
+)
+def test_foreign_or_damaged_payloads_raise_a_specific_error(payload: Any, where: str) -> None:
+    with pytest.raises(InvalidEventError, match="not an Upstox portfolio stream event") as caught:
+        decode_event(payload)
+    assert where in str(caught.value)
+    assert isinstance(caught.value, ValueError)
+
+
+def test_error_kinds_are_exactly_what_is_sent_and_fatality_is_theirs() -> None:
+    sent = {
+        ErrorEvent.from_exception(exc, None).kind
+        for exc in (
+            UpstoxAuthenticationError("refused", status_code=401),
+            UpstoxRateLimitError("slow down", status_code=429),
+            UpstoxAPIError("bad", status_code=400),
+            UpstoxTransportError("timeout"),
+            UpstoxStreamClosedError("closed", code=1011, reason=""),
+            ValueError("no token in the connection"),
+            KeyError("upstox_default"),
+        )
+    }
+    assert sent == set(ErrorKind)
+    assert {k for k in ErrorKind if k.fatal} == {ErrorKind.AUTHENTICATION, ErrorKind.CONFIGURATION}
+    assert ErrorKind.of(UpstoxRateLimitError("x")) is ErrorKind.API  # throttled: transient
+    assert ErrorKind.of(InvalidUpdateError("x")) is ErrorKind.CONFIGURATION  # not a stream failure
+
+
+def test_error_event_text_is_redacted_and_bounded() -> None:
+    url = "wss://feed.example/portfolio?requestId=abc123secret&code=xyz987secret"
+    event = ErrorEvent.from_exception(UpstoxStreamClosedError(f"lost {url} " + "x" * 2000), "AB1234")
+    text = json.dumps(encode_event(event))
+    assert "abc123secret" not in text
+    assert "xyz987secret" not in text
+    assert len(event.message) == MAX_MESSAGE_CHARS
+    assert (event.exception, event.account, event.fatal) == ("UpstoxStreamClosedError", "AB1234", False)
+
+
+def test_encoding_does_not_copy_update_data() -> None:
+    payload = encode_event(BatchEvent(updates=UPDATES))
+    assert payload["updates"][0][1] is UPDATES[0].data
+    assert msgspec.json.decode(msgspec.json.encode(payload)) == json.loads(json.dumps(payload))
