@@ -386,7 +386,7 @@ class UpstoxHook(BaseHook):  # type: ignore[misc]  # airflow is not type-checked
         return login_endpoint(self.upstox_conn_id, conn.host, conn.port, conn.extra_dejson)
 
     def request_access_token(self) -> TokenRequest:
-        """Ask Upstox to prompt the account's owner (app and WhatsApp) to approve a new token (§6).
+        """Ask Upstox to prompt the account owner (app, WhatsApp) for a new token (docs/PROTOCOL.md §6).
 
         The token itself is POSTed by Upstox to the app's notifier webhook (this provider's plugin),
         which writes it into the connection. One attempt: a retry would prompt the user twice.
