@@ -205,19 +205,6 @@ class DistributedRun:
             ).one()
             return int(row[0]), str(row[1])
 
-    def tries(self, run_id: str) -> list[tuple[str, int, str]]:
-        with self.stack.meta() as conn:
-            rows = conn.execute(
-                sa.text(
-                    "SELECT try_number, state FROM task_instance_history "
-                    "WHERE dag_id = :d AND task_id = :t AND run_id = :r UNION ALL "
-                    "SELECT try_number, state FROM task_instance "
-                    "WHERE dag_id = :d AND task_id = :t AND run_id = :r ORDER BY 1"
-                ),
-                {"d": DAG_ID, "t": TASK_ID, "r": run_id},
-            )
-            return [(run_id, int(r[0]), str(r[1])) for r in rows]
-
     def failed_tries(self) -> int:
         return int(
             self.stack.scalar(
@@ -310,7 +297,7 @@ class DistributedRun:
         self.wait("the retry running", lambda: self.ti(run_id)[0] > try_number, 180, poll=0.5)
         result.retried_after_s = round(time.monotonic() - killed_at, 1)
         self.wait("the retry succeeded", lambda: self.ti(run_id)[1] == "success", 240, poll=0.5)
-        result.tries = self.tries(run_id)
+        result.tries = [(run_id, n, state) for n, state in self.stack.tries(TASK_ID, run_id)]
         celery_id = str(
             self.stack.scalar(
                 "SELECT external_executor_id FROM task_instance WHERE dag_id = :d AND task_id = :t "

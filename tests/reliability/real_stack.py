@@ -358,6 +358,20 @@ class Stack:
             )
         )
 
+    def tries(self, task_id: str, run_id: str) -> list[tuple[int, str]]:
+        """(try number, state) of every try of a task of the stack's DAG: archived tries, then the current."""
+        with self.meta() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT try_number, state FROM task_instance_history "
+                    "WHERE dag_id = :d AND task_id = :t AND run_id = :r UNION ALL "
+                    "SELECT try_number, state FROM task_instance "
+                    "WHERE dag_id = :d AND task_id = :t AND run_id = :r ORDER BY 1"
+                ),
+                {"d": self.dag_id, "t": task_id, "r": run_id},
+            )
+            return [(int(r[0]), str(r[1])) for r in rows]
+
     def task_runner_pids(self, below: str = "scheduler") -> list[int]:
         """The running task-runner processes (``airflow worker -- <ti id>``) below process *below*."""
         parent = self.procs.get(below)
@@ -694,17 +708,7 @@ def _start_dag(ctx: RealCtx) -> None:
 
 def _tries(stack: Stack) -> list[tuple[int, str]]:
     """Every try of the stream task as Airflow recorded it: archived tries, then the current one."""
-    with stack.meta() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT try_number, state FROM task_instance_history "
-                "WHERE dag_id = :d AND task_id = :t AND run_id = :r UNION ALL "
-                "SELECT try_number, state FROM task_instance "
-                "WHERE dag_id = :d AND task_id = :t AND run_id = :r ORDER BY 1"
-            ),
-            {"d": DAG_ID, "t": TASK_ID, "r": stack.run_id},
-        )
-        return [(int(r[0]), str(r[1])) for r in rows]
+    return stack.tries(TASK_ID, stack.run_id)
 
 
 def store_figures(store_url: str, state: dict[str, Any], market_started: datetime) -> tuple[int, int]:
