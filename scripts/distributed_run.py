@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     for problem in result.problems[:20]:
         print(f"  {problem}")
     retried = any(state == "failed" for _, _, state in result.tries[:-1]) and result.tries[-1][2] == "success"
-    return 0 if not result.problems and not result.duplicates and retried else 1
+    return 0 if not (result.problems or result.duplicates or result.secret_hits) and retried else 1
 
 
 if __name__ == "__main__":

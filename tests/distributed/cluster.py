@@ -54,6 +54,7 @@ from tests.distributed.simulators import Account, simulator_fleet
 from tests.docker.compose_model import CELERY_FILE, load_raw
 from tests.e2e.harness import dag_env
 from tests.reliability import matrix
+from tests.reliability.leakscan import Scanner, Secret, secrets_of
 from tests.reliability.real_stack import Stack, create_database, kill_tree
 
 DAG_ID = "upstox_portfolio_events"
@@ -91,6 +92,8 @@ class DistributedResult:
     recover_s: float | None = None  #: market stopped -> store equal to the truth
     wall_s: float = 0.0
     home: str = ""  #: the run's ``AIRFLOW_HOME`` (removed at the end unless kept)
+    secret_hits: list[str] = field(default_factory=list)  #: tokens or stream codes found (must be none)
+    scanned: str = ""  #: what the secret scan read
 
     def report(self) -> str:
         kills = "; ".join(self.worker_kills) or "none"
@@ -105,6 +108,7 @@ class DistributedResult:
                 f"simulators sent {self.sent} messages over {self.reconnects} connections",
                 f"store vs truth: {len(self.problems)} mismatches, {self.duplicates} duplicate order states, "
                 f"equal {self.recover_s} s after the market stopped",
+                f"secret scan: {len(self.secret_hits)} hits in {self.scanned}",
                 f"wall time {self.wall_s:.0f} s",
             ]
         )
@@ -364,6 +368,23 @@ class DistributedRun:
         self.kill_worker(result)
         result.failed_tries = self.failed_tries()
         self.converge(result, converge_timeout)
+        self.scan_for_secrets(result)
+
+    def scan_for_secrets(self, result: DistributedResult) -> None:
+        """Every account's token and issued stream codes, searched in all the run's Airflow wrote.
+
+        ``AIRFLOW_HOME`` (task and trigger logs, every process's output: Celery workers' included),
+        every table of the metadata database (trigger kwargs, asset events, Celery results), the store.
+        """
+        found: list[Secret] = []
+        for account in self.accounts:
+            found += secrets_of(account.token, account.control.issued_codes()["issued_codes"])
+        scanner = Scanner(found)
+        scanner.scan_tree(self.stack.home)
+        tables = scanner.scan_database(self.stack.meta_url, name="metadata")
+        scanner.scan_database(self.store_url, name="portfolio")
+        result.secret_hits = [str(h) for h in scanner.hits]
+        result.scanned = f"{scanner.places} places, {len(tables)} metadata tables, {len(found)} secrets"
 
     def close(self, keep: bool = False) -> None:
         """Stop every process (process groups, whatever happened), drop the databases unless *keep*."""

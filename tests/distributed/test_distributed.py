@@ -56,3 +56,4 @@ def test_celery_two_triggerers_two_workers_sigkill() -> None:
     assert result.retried_on_survivor, summary
     assert result.problems == [], f"{result.problems[:10]}\n{summary}"
     assert result.duplicates == 0, summary
+    assert result.secret_hits == [], summary
