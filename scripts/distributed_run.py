@@ -13,7 +13,7 @@ See ``tests/distributed/cluster.py`` for the timeline and the settings (those of
     python scripts/distributed_run.py [--accounts 50] [--rate 0.5] [--seed 1] [--keep]
 
 Needs the provider installed with its test extra (``bash scripts/bootstrap.sh``); a run with 50
-accounts takes about 3 minutes on 2 cores.
+accounts takes 3-5 minutes on 2 cores.
 """
 
 from __future__ import annotations
