@@ -9,7 +9,7 @@ rows (``tests/store/test_bulk.py``).
 
 ``executemany`` returns no rows, so inserts and updates are told apart by the tables' rowids
 (:func:`_upsert`): every state table is a rowid table (no ``WITHOUT ROWID``, no ``INTEGER PRIMARY
-KEY``: ``tests/store/test_writers.py`` checks it), and the batch's transaction holds the write lock
+KEY``: ``tests/store/test_fast_path.py`` checks it), and the batch's transaction holds the write lock
 (``BEGIN IMMEDIATE``) and deletes nothing, so SQLite gives each inserted row the largest rowid + 1
 and inserted = max(rowid) after - max(rowid) before; an upsert that updates keeps the row's rowid,
 and the driver's ``rowcount`` counts the rows written (an upsert whose ``WHERE`` refuses the new
