@@ -340,7 +340,7 @@ class PortfolioStreamClient:
             raise UpstoxStreamProtocolError(f"the stream handshake was refused with HTTP {status}") from None
         except InvalidURI:
             raise UpstoxStreamProtocolError("the authorized stream URL is not a WebSocket URL") from None
-        except (InvalidHandshake, OSError, TimeoutError) as exc:
+        except (InvalidHandshake, OSError, asyncio.TimeoutError) as exc:  # 3.10: not TimeoutError
             raise UpstoxStreamProtocolError(f"could not open the stream ({type(exc).__name__})") from None
         assert isinstance(ws, _Connection)
         return ws
