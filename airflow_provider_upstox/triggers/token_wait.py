@@ -7,9 +7,12 @@ refused token helps nobody and, repeated by every stream of a deployment, looks 
 Upstox. So, once Upstox refuses a token (401/403/``UDAPI100050`` at authorize, at a snapshot, at the
 profile read, or at the reconnect after the server closed the socket), the stream:
 
-- makes no call to Upstox with that token, except one *probe* (a normal connect attempt, whose
-  first call is the cheap profile read) every ``probe_interval`` seconds (15 minutes by default),
-  in case the refusal was Upstox's mistake;
+- first tries once more at once (a normal connect attempt, whose first call is the cheap profile
+  read): a single refusal can be Upstox's hiccup (or an injected fault), and one call is cheaper
+  than a stream that stalls for 15 minutes. Only a second refusal of the same token starts an
+  *episode*;
+- then makes no call to Upstox with that token, except one *probe* (again a connect attempt) every
+  ``probe_interval`` seconds (15 minutes by default), in case the refusal was Upstox's mistake;
 - re-reads the connection every ``poll_interval`` seconds, asynchronously (``aget_connection``,
   one SHA-256; see ``UpstoxHook.atoken_fingerprint``): nothing blocks the triggerer's event loop,
   and the token never leaves the hook (only its 16-hex-digit fingerprint is compared and kept);
@@ -28,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from dataclasses import dataclass
+import time
 from typing import Any
 
 import msgspec
@@ -44,6 +47,8 @@ log = logging.getLogger(__name__)
 DEFAULT_POLL_INTERVAL = 3.0
 #: Default seconds between two probes with a refused token (one call each).
 DEFAULT_PROBE_INTERVAL = 900.0
+#: Seconds during which a second refusal of a token confirms the first one (see the module docstring).
+CONFIRM_WINDOW = 60.0
 
 
 class WaitOutcome(str, enum.Enum):
@@ -57,17 +62,25 @@ class WaitOutcome(str, enum.Enum):
     DEADLINE = "deadline"
 
 
-@dataclass(frozen=True)
 class TokenWatch:
-    """Re-reads one connection's token fingerprint; decides when a stream may call Upstox again."""
+    """Re-reads one connection's token fingerprint; decides when a stream may call Upstox again.
 
-    conn_id: str
-    poll_interval: float = DEFAULT_POLL_INTERVAL
-    probe_interval: float = DEFAULT_PROBE_INTERVAL
+    One per trigger instance. It remembers the last token refused once (not yet an episode), so
+    that the immediate second try can confirm it.
+    """
 
-    def __post_init__(self) -> None:
-        if self.poll_interval <= 0 or self.probe_interval <= 0:
+    def __init__(
+        self,
+        conn_id: str,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        probe_interval: float = DEFAULT_PROBE_INTERVAL,
+    ) -> None:
+        if poll_interval <= 0 or probe_interval <= 0:
             raise ValueError("token_poll_interval and token_probe_interval must be positive")
+        self.conn_id = conn_id
+        self.poll_interval = poll_interval
+        self.probe_interval = probe_interval
+        self._refused_once: tuple[str | None, float] | None = None  # (fingerprint, monotonic time)
 
     async def current_fingerprint(self) -> str | None:
         """The fingerprint of the connection's token now; ``None`` if it has none or cannot be read.
@@ -111,8 +124,9 @@ class TokenWatch:
     ) -> TokenWaitEvent | None:
         """The episode after Upstox refused the token with *used_fingerprint* (raising *exc*).
 
-        - ``None``: the connection already holds another token (renewed while the stream was
-          failing, or the stream started before a renewal): connect again at once, no episode.
+        - ``None``: connect again at once, no episode: the connection already holds another token
+          (renewed while the stream was failing, or the stream started before a renewal), or this
+          is the token's first refusal, which the second try confirms or not.
         - *current*, its probe time and count updated: a probe of the same token failed.
         - a new :class:`TokenWaitEvent`: a new episode begins (the caller reports it once).
         """
@@ -130,6 +144,11 @@ class TokenWatch:
         if fingerprint is not None and fingerprint != used_fingerprint:
             log.info("Connection %r already holds another access token; reconnecting with it", self.conn_id)
             return None
+        once, self._refused_once = self._refused_once, (used_fingerprint, time.monotonic())
+        if once is None or once[0] != used_fingerprint or time.monotonic() - once[1] > CONFIRM_WINDOW:
+            log.info("Upstox refused the access token of %r; trying once more before waiting", self.conn_id)
+            return None
+        self._refused_once = None
         return TokenWaitEvent(
             refused_fingerprint=used_fingerprint,
             since_us=now,
