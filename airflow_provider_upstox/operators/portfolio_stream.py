@@ -316,11 +316,13 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         """Record the refusal episode; report it (warning, metric, notifier) only when it is new."""
         if self.fail_on_token_refused:
             raise UpstoxPortfolioStreamFatalError(
-                f"Upstox refused the access token of connection {self.upstox_conn_id!r}: {event.message}. "
-                "Generate a new one and update the connection (fail_on_token_refused=True)."
+                f"Upstox refused the access token of connection {self.upstox_conn_id!r} "
+                f"(fail_on_token_refused=True): {event.message}"
             )
         if event.account:
             progress.account = event.account
+        elif progress.account:  # refused before the profile read told the trigger whose token it was
+            event.account = progress.account
         known = token_wait_from_json(progress.token_wait)
         progress.token_wait = encode_event(event)
         if known is not None and known.episode == event.episode:

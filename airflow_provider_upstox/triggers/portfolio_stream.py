@@ -165,6 +165,8 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
         self._lease: StreamLease | None = None
         #: fingerprint of the token the last connect attempt used (what a refusal refers to)
         self._used_fingerprint: str | None = None
+        #: the Upstox user id of the last stream, for events of attempts refused before the profile
+        self._account: str | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -218,7 +220,7 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
                 if not is_token_refusal(exc):
                     yield _trigger_event(self._error_event(exc, None))
                     return
-                refused = await self._tokens.after_refusal(exc, self._used_fingerprint, wait, None)
+                refused = await self._tokens.after_refusal(exc, self._used_fingerprint, wait, self._account)
                 if refused is not None and refused is not wait:
                     yield _trigger_event(refused)  # a new episode: the operator reports and records it
                     return
@@ -286,7 +288,9 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
                 lease = await self._acquire()
             except Exception as exc:
                 if is_token_refusal(exc):
-                    refused = await self._tokens.after_refusal(exc, self._used_fingerprint, wait, None)
+                    refused = await self._tokens.after_refusal(
+                        exc, self._used_fingerprint, wait, self._account
+                    )
                     if refused is not None and refused is not wait:
                         warn_token_refused(self.upstox_conn_id, refused)
                         yield _trigger_event(refused)
@@ -336,6 +340,7 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
         """The stream released by a previous instance, or a new one (profile read, then connect)."""
         lease = registry.take(self.handoff_key)
         if lease is not None:
+            self._account = lease.account
             return lease
         hook = UpstoxHook(upstox_conn_id=self.upstox_conn_id, **self.hook_options)
         settings = await hook.aget_settings()
@@ -365,6 +370,7 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
             authorize, snapshot, update_types, account=None if account is None else str(account), **options
         )
         stream.start()
+        self._account = stream.account
         return StreamLease(
             key=self.handoff_key,
             stream=stream,
