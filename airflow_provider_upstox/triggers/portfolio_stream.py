@@ -120,7 +120,8 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
 
     #: Seconds a released stream stays open for the next instance (0 disables the hand-off).
     handoff_linger: ClassVar[float] = 30.0
-    #: Seconds a watcher waits after a fatal error (refused token, bad connection) before retrying.
+    #: Seconds a watcher waits after a fatal error (a missing or invalid connection) before retrying;
+    #: a refused token is waited out differently (``token_poll_interval``, ``token_probe_interval``).
     auth_retry_delay: ClassVar[float] = 300.0
     #: Seconds a watcher waits after a transient failure to start a stream (e.g. profile read failed).
     error_retry_delay: ClassVar[float] = 5.0
