@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from airflow.sdk import Asset, BaseNotifier
+from airflow.sdk import Asset
 
 from airflow_provider_upstox.models.updates import Update, encode_updates, next_seq, now_us
 from airflow_provider_upstox.operators import asset_events
 from airflow_provider_upstox.store import PortfolioStore
+from tests.operators.notifiers import RecordingNotifier
 
 ASSET = Asset(name="upstox_events__upstox_default", uri="upstox://upstox_default/events")
 T0 = datetime(2025, 3, 3, 9, 0, tzinfo=timezone.utc)
@@ -175,17 +176,6 @@ def test_bad_events_are_counted_and_skipped_without_blocking_the_rest(store: Por
     )  # fmt: skip
     assert result["watermark_event_id"] == 54
     assert rows(store) == {"11": ("complete", 5)}
-
-
-class RecordingNotifier(BaseNotifier):  # type: ignore[misc]
-    """A real Airflow notifier that keeps what it was told."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[dict[str, Any]] = []
-
-    def notify(self, context: Any) -> None:
-        self.calls.append(dict(context["upstox_token_refused"]))
 
 
 def test_token_wait_events_reach_the_notifier_once_per_episode(store: PortfolioStore) -> None:

@@ -13,27 +13,16 @@ import logging
 from typing import Any
 
 import pytest
-from airflow.sdk import BaseNotifier
 
 from airflow_provider_upstox.simulator.auth import fingerprint
 from airflow_provider_upstox.triggers import metrics
+from tests.operators.notifiers import RecordingNotifier
 from tests.reliability import matrix
 from tests.reliability.leakscan import Scanner, secrets_of
 
 pytestmark = [pytest.mark.timeout(180)]
 
 TOKEN_FAULT = next(f for f in matrix.FAULTS if f.name.startswith("token expiry mid-session"))
-
-
-class RecordingNotifier(BaseNotifier):  # type: ignore[misc]
-    """A real Airflow notifier that keeps what it was told instead of sending it somewhere."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[dict[str, Any]] = []
-
-    def notify(self, context: Any) -> None:
-        self.calls.append(dict(context["upstox_token_refused"]))
 
 
 class RecordingStats:
