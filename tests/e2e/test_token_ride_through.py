@@ -12,7 +12,6 @@ simulator's ground truth. Slow: a minute or two.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -23,8 +22,14 @@ import pytest
 import sqlalchemy as sa
 
 from airflow_provider_upstox.client import login
-from tests.e2e.harness import DAGS_DIR, compare_with_simulator, sql_connection_json
-from tests.plugins.conftest import APP, far_daily_expiry, sim_auth, sim_control
+from tests.e2e.harness import (
+    DAGS_DIR,
+    FAST_SCHEDULER_ENV,
+    compare_with_simulator,
+    sql_connection_json,
+    wait_for,
+)
+from tests.plugins.conftest import APP, configure_app, create_connection, sim_auth, sim_control
 
 pytestmark = [pytest.mark.slow, pytest.mark.airflow_server, pytest.mark.timeout(600)]
 
@@ -32,16 +37,6 @@ STACK = ("dag-processor", "scheduler", "triggerer")
 DAG_ID = "upstox_portfolio_stream"
 CONN_ID = "upstox_ride"
 TASK_ID = f"stream__{CONN_ID}"
-
-
-def _wait(condition: Any, timeout: float, what: str, logs: Any) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}\n{logs()}"
-        time.sleep(0.2)
 
 
 def _order_events(engine: sa.Engine) -> int:
@@ -66,12 +61,7 @@ def test_stream_task_rides_through_the_expiry_renewed_through_the_notifier(
         "UPSTOX_CONN_IDS": CONN_ID,
         "UPSTOX_STOP_AT": "off",
         "UPSTOX_MAX_BATCH_WAIT": "0.5",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
-        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        **FAST_SCHEDULER_ENV,
     }
     engine = sa.create_engine(store_url, poolclass=sa.pool.NullPool)
     with (
@@ -85,35 +75,22 @@ def test_stream_task_rides_through_the_expiry_renewed_through_the_notifier(
             return "\n".join(airflow_env.read_log(f"ride-{n}")[-4000:] for n in STACK)
 
         try:
-            from airflow_provider_upstox.plugins.keys import notifier_key
-
-            settings = {
-                **APP,
-                "notifier_url": f"{base_url}/upstox/notifier/{notifier_key()}",
-                "expire_daily_at": far_daily_expiry(),
-            }
-            assert sim_control(simulator, "config", **settings).status_code == 200
-            http.delete(f"/api/v2/connections/{CONN_ID}")
-            body = {
-                "connection_id": CONN_ID,
-                "conn_type": "upstox",
-                "host": simulator.base_url,
-                "password": simulator.token,
-                "extra": json.dumps({**APP, "user_id": "AB1234"}),
-            }
-            assert http.post("/api/v2/connections", json=body).status_code == 201
-            _wait(lambda: http.get(f"/api/v2/dags/{DAG_ID}").status_code == 200, 180, "DAG not parsed", logs)
+            configure_app(simulator, base_url)
+            create_connection(http, CONN_ID, simulator, simulator.token)
+            wait_for(
+                lambda: http.get(f"/api/v2/dags/{DAG_ID}").status_code == 200, 180, "DAG not parsed", logs
+            )
             http.patch(f"/api/v2/dags/{DAG_ID}", json={"is_paused": False})
 
             # Streaming: the market runs once the stream is connected, and updates are stored.
-            _wait(lambda: simulator.control.counters()["connections"] > 0, 180, "never connected", logs)
+            wait_for(lambda: simulator.control.counters()["connections"] > 0, 180, "never connected", logs)
             simulator.control.start_market(20.0)
-            _wait(lambda: _order_events(engine) > 0, 120, "nothing stored", logs)
+            wait_for(lambda: _order_events(engine) > 0, 120, "nothing stored", logs)
             time.sleep(3)
 
             # 03:30: the token dies mid-session. The task must neither fail nor be retried.
             simulator.control.expire_token()
-            _wait(lambda: simulator.control.counters()["unauthorized"] >= 2, 60, "token not refused", logs)
+            wait_for(lambda: simulator.control.counters()["unauthorized"] >= 2, 60, "token not refused", logs)
             time.sleep(8)  # waiting: a few heartbeats, no call with the refused token
             # the refusal at the reconnect and its one confirmation, nothing since
             assert simulator.control.counters()["unauthorized"] == 2
@@ -125,14 +102,14 @@ def test_stream_task_rides_through_the_expiry_renewed_through_the_notifier(
             delivery = sim_control(simulator, "approve").json()
             renewed_at = time.monotonic()
             assert delivery["status"] == 200, delivery
-            _wait(lambda: _order_events(engine) > stored_before, 60, "no update after the renewal", logs)
+            wait_for(lambda: _order_events(engine) > stored_before, 60, "no update after the renewal", logs)
             took = time.monotonic() - renewed_at
             print(f"full stack: new token (notifier) -> first update committed after reconnect: {took:.1f} s")
 
             # Nothing lost: the store equals the ground truth once the market stops.
             simulator.control.quiesce()
             state = simulator.control.state()
-            _wait(lambda: not compare_with_simulator(engine, state), 60, "store != ground truth", logs)
+            wait_for(lambda: not compare_with_simulator(engine, state), 60, "store != ground truth", logs)
             assert compare_with_simulator(engine, state) == []
             runs = http.get(f"/api/v2/dags/{DAG_ID}/dagRuns").json()["dag_runs"]
             assert len(runs) == 1, runs  # the same run all along: no restart
@@ -150,6 +127,9 @@ def test_stream_task_rides_through_the_expiry_renewed_through_the_notifier(
                 assert secret not in everything
 
         finally:
+            # Later tests of the session share the metadata DB: a connection of the same app and
+            # user pointing at this (then dead) simulator would take their notifier deliveries.
+            http.delete(f"/api/v2/connections/{CONN_ID}")
             for proc in procs:
                 airflow_env.stop(proc)
             engine.dispose()
