@@ -44,6 +44,10 @@ class StreamProgress:
     errors: int = 0
     #: the highest update seq committed in this try (``0``: none), passed to each re-deferral's trigger
     acked_seq: int = 0
+    #: the refusal episode the stream is in (a ``TokenWaitEvent`` payload), passed to each trigger
+    token_wait: dict[str, Any] | None = None
+    #: refusal episodes seen in this try
+    token_refusals: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -309,7 +309,9 @@ class PortfolioStreamClient:
             except UpstoxAuthenticationError as exc:
                 self.stats.auth_failures += 1
                 self.stats.last_error = _describe(exc)
-                log.error("Upstox portfolio stream stopped: the access token was refused: %s", exc)
+                # INFO: the consumer decides what a refusal means (the trigger waits for a new token
+                # and logs the episode's one warning), so this is not reported twice.
+                log.info("Upstox portfolio stream stopped: the access token was refused: %s", exc)
                 self._buffer.set_error(exc)
                 return
             except BufferClosedError:
