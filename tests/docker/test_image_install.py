@@ -121,4 +121,9 @@ print(json.dumps({{"provider": "airflow-provider-upstox" in providers,
     assert result["provider"] is True
     assert "upstox" in result["conn_types"]
     assert result["errors"] == {}
-    assert result["dags"] == ["upstox_portfolio_events", "upstox_portfolio_stream", "upstox_reconcile"]
+    assert result["dags"] == [
+        "upstox_portfolio_events",
+        "upstox_portfolio_stream",
+        "upstox_reconcile",
+        "upstox_token_renewal",
+    ]
