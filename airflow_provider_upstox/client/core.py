@@ -85,6 +85,8 @@ def build_request(config: UpstoxClientConfig, call: Call[Any]) -> httpx.Request:
             "Accept": "application/json",
             "User-Agent": USER_AGENT,
         },
+        # The timeout travels with the request: clients with different timeouts share one pool.
+        extensions={"timeout": httpx.Timeout(config.timeout).as_dict()},
     )
 
 
