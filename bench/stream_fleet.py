@@ -40,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.fleet_common import (  # noqa: E402
+from bench.fleet_common import (
     TYPES,
     Fleet,
     FleetSimulator,
@@ -140,7 +140,9 @@ async def fleet(sim_url: str, n: int, args: argparse.Namespace) -> dict[str, Any
     control = httpx.AsyncClient(base_url=sim_url, timeout=120, trust_env=False)
 
     async def sim(method: str, what: str, **params: Any) -> dict[str, Any]:
-        r = await control.request(method, f"/_sim/{what}", params={k: json.dumps(v) for k, v in params.items()})
+        r = await control.request(
+            method, f"/_sim/{what}", params={k: json.dumps(v) for k, v in params.items()}
+        )
         r.raise_for_status()
         result: dict[str, Any] = r.json()
         return result
@@ -235,13 +237,15 @@ def report(n: int, bare_: dict[str, Any], r: dict[str, Any], load: str) -> None:
 
     print(f"\nN = {n} streams, one process ({load})", flush=True)
     print(
-        f"  all connected + snapshot : {r['up_s']:6.1f} s  ({r['up_count']}/{n})      goal <= {GOAL_UP_S:.0f} s "
+        f"  all connected + snapshot : {r['up_s']:6.1f} s  ({r['up_count']}/{n})      "
+        f"goal <= {GOAL_UP_S:.0f} s "
         f"{ok(r['all_up'] and r['up_s'] <= GOAL_UP_S)}"
     )
     kib = r["kib_per_stream"]
     print(
         f"  RSS per stream           : {kib:6.1f} KiB above a {r['baseline_mib']:.0f} MiB baseline = "
-        f"{kib / bare_['kib_per_conn']:.1f}x a bare websockets connection ({bare_['kib_per_conn']:.1f} KiB, same run)"
+        f"{kib / bare_['kib_per_conn']:.1f}x a bare websockets connection "
+        f"({bare_['kib_per_conn']:.1f} KiB, same run)"
         f"   goal <= {GOAL_KIB:.0f} KiB {ok(kib <= GOAL_KIB)}"
     )
     print(

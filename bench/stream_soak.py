@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.fleet_common import (  # noqa: E402
+from bench.fleet_common import (
     Fleet,
     FleetSimulator,
     connection_env,
@@ -87,7 +87,11 @@ def main() -> None:
     args = parser.parse_args()
     sim = FleetSimulator(args.streams)
     os.environ.update(connection_env(sim.base_url, sim.tokens()))
-    print(json.dumps({"streams": args.streams, "minutes": args.minutes, "rate": args.rate, "load": os.getloadavg()}))
+    print(
+        json.dumps(
+            {"streams": args.streams, "minutes": args.minutes, "rate": args.rate, "load": os.getloadavg()}
+        )
+    )
     try:
         ok = asyncio.run(soak(sim, args))
     finally:

@@ -6,7 +6,7 @@ per account), the stream clients connected with its token, and a :class:`RateLim
 account's REST requests per API in the windows of ``docs/PROTOCOL.md`` §8 (50 a second, 500 a
 minute, 2,000 per 30 minutes). The default single-account simulator is one :class:`Account`;
 ``UpstoxSimulator(accounts=...)`` adds more. Which account a token belongs to is decided in one
-place, :meth:`UpstoxSimulator.account_for <airflow_provider_upstox.simulator.server.UpstoxSimulator.account_for>`.
+place, ``UpstoxSimulator.account_for`` (:mod:`airflow_provider_upstox.simulator.server`).
 """
 
 from __future__ import annotations

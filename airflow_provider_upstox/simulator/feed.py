@@ -39,6 +39,7 @@ class FeedContext(Protocol):
     def token_expired(self) -> bool: ...
     def account_for(self, request: Request) -> object | None:
         """The account *request*'s token belongs to (the socket URL is issued for it)."""
+
     async def guard(self, kind: str, request: Request) -> Response | None:
         """Delay, injected failure or 401 for a REST-like request of *kind*; ``None`` to go on."""
 

@@ -20,6 +20,7 @@ class RestContext(Protocol):
 
     def model_for(self, request: Request) -> MarketModel:
         """The current model of the account the request's token belongs to (a reset replaces it)."""
+
     async def guard(self, kind: str, request: Request) -> Response | None:
         """Delay, injected failure or 401 for a request of *kind*; ``None`` to go on."""
 
