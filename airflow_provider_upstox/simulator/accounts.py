@@ -116,5 +116,6 @@ def new_account(token: str, user_id: str, seed: int, index: int, *, enforce_limi
         user_id=user_id,
         model=MarketModel(account_seed(seed, index), user_id=user_id),
         rate=RateLimiter(enforce=enforce_limits),
-        debt=random.Random(f"phase-{seed}-{index}").random(),
+        # the primary account starts at phase 0, exactly as the single-account simulator always did
+        debt=0.0 if index == 0 else random.Random(f"phase-{seed}-{index}").random(),
     )
