@@ -85,6 +85,10 @@ def build_request(config: UpstoxClientConfig, call: Call[Any]) -> httpx.Request:
             "Accept": "application/json",
             "User-Agent": USER_AGENT,
         },
+        # The timeout travels with the request: clients with different timeouts share one pool.
+        # No bound on the wait for a free pooled connection: the shared pool is a queue (a
+        # thousand streams reconnecting wait their turn); connect, read and write stay bounded.
+        extensions={"timeout": httpx.Timeout(config.timeout, pool=None).as_dict()},
     )
 
 

@@ -26,14 +26,15 @@ _ssl_contexts: dict[tuple[bool, str | None, str | None], ssl.SSLContext] = {}
 _ssl_lock = threading.Lock()
 
 
-def _ssl_key(verify: bool) -> tuple[bool, str | None, str | None]:
+def ssl_key(verify: bool) -> tuple[bool, str | None, str | None]:
+    """What a TLS context for *verify* depends on (also the key of the shared async pools)."""
     # httpx honours SSL_CERT_FILE / SSL_CERT_DIR when it builds a context: so does the cache key.
     return bool(verify), os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
 
 
 def cached_ssl_context(verify: bool) -> ssl.SSLContext | None:
     """The shared context for *verify* if it was already built (never blocks)."""
-    return _ssl_contexts.get(_ssl_key(verify))
+    return _ssl_contexts.get(ssl_key(verify))
 
 
 def shared_ssl_context(verify: bool) -> ssl.SSLContext:
@@ -44,7 +45,7 @@ def shared_ssl_context(verify: bool) -> ssl.SSLContext:
     configured ``SSLContext`` is safe to share between clients and threads. The first call may block;
     async code warms it up off the loop with :func:`~airflow_provider_upstox.client.aio.ashared_ssl_context`.
     """
-    key = _ssl_key(verify)
+    key = ssl_key(verify)
     context = _ssl_contexts.get(key)
     if context is None:
         with _ssl_lock:

@@ -13,11 +13,15 @@ extra          ``update_types`` (default all four), ``timeout`` (seconds, defaul
                user, fingerprint of the token it describes)
 =============  ==============================================================================
 
-The token and every authorized stream URI are registered with Airflow's secrets masker as soon as
-they are read, so they are replaced by ``***`` in any task or triggerer log. Async methods resolve
-the connection with ``aget_connection()``/``aextra_dejson()`` and mask with ``amask_secret``: the
-sync counterparts talk to the task supervisor with a blocking call that raises
-``DeadlockImminentError`` inside an event loop. The resolved connection is cached per hook.
+The token is registered with Airflow's secrets masker as soon as it is read, once per process and
+token value (the masker is process-wide and recompiles one regex of every value ever added, so a
+triggerer running a thousand streams must not add the same value again and again). The stream URI
+that :meth:`UpstoxHook.authorize_portfolio_stream` hands to its caller is masked too, since the
+caller may log it; the trigger never hands it out and keeps it out of every message instead of
+masking one new value per connect. Async methods resolve the connection with
+``aget_connection()``/``aextra_dejson()`` and mask with ``amask_secret``: the sync counterparts talk
+to the task supervisor with a blocking call that raises ``DeadlockImminentError`` inside an event
+loop. The resolved connection is cached per hook.
 """
 
 from __future__ import annotations
@@ -246,7 +250,7 @@ class UpstoxHook(BaseHook):  # type: ignore[misc]  # airflow is not type-checked
         if self._settings is None:
             conn = self.get_connection(self.upstox_conn_id)
             if conn.password:
-                mask_secret(conn.password)
+                _mask_token_once(conn.password)
             self._settings = self._make_settings(conn.password, conn.host, conn.port, conn.extra_dejson)
             log.debug("Upstox connection %r resolved: %r", self.upstox_conn_id, self._settings)
         return self._settings
@@ -256,7 +260,7 @@ class UpstoxHook(BaseHook):  # type: ignore[misc]  # airflow is not type-checked
         if self._settings is None:
             conn, extra = await _aget_connection_and_extra(self, self.upstox_conn_id)
             if conn.password:
-                await amask_secret(conn.password)
+                await _amask_token_once(conn.password)
             self._settings = self._make_settings(conn.password, conn.host, conn.port, extra)
             log.debug("Upstox connection %r resolved: %r", self.upstox_conn_id, self._settings)
         return self._settings
@@ -468,6 +472,29 @@ class UpstoxHook(BaseHook):  # type: ignore[misc]  # airflow is not type-checked
         except (UpstoxError, ValueError) as exc:
             return False, str(exc)
         return True, f"Connected as {user_id}"
+
+
+#: SHA-256 digests of the tokens this process has registered with the masker (not the tokens).
+_masked_tokens: set[bytes] = set()
+
+
+def _token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def _mask_token_once(token: str) -> None:
+    """Register *token* with the masker unless this process already did (see the module docstring)."""
+    digest = _token_digest(token)
+    if digest not in _masked_tokens:
+        mask_secret(token)
+        _masked_tokens.add(digest)
+
+
+async def _amask_token_once(token: str) -> None:
+    digest = _token_digest(token)
+    if digest not in _masked_tokens:
+        await amask_secret(token)
+        _masked_tokens.add(digest)
 
 
 def _mask_stream_uri(uri: str) -> None:

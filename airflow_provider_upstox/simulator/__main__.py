@@ -1,7 +1,10 @@
 """Command line: run the simulator as a server process.
 
     python -m airflow_provider_upstox.simulator --host 127.0.0.1 --port 8765 --token T \\
-        [--seed N] [--scenario NAME]
+        [--seed N] [--scenario NAME] [--accounts N] [--stamp-frames]
+
+``--accounts N`` adds N-1 accounts to the primary one (N in all): token ``<token>-<i>`` and user id
+``SIM<i:05d>`` for i = 1..N-1, each with its own market and rate limits (enforced).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", default="default", choices=sorted(SCENARIOS))
     p.add_argument("--ping-interval", type=float, default=None, help="idle seconds before a server ping")
     p.add_argument("--user-id", default="AB1234")
+    p.add_argument("--accounts", type=int, default=1, help="accounts in all (see above)")
+    p.add_argument("--stamp-frames", action="store_true", help="add sim_sent_us to every stream frame")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -46,8 +51,15 @@ async def _serve(args: argparse.Namespace) -> None:
         port=args.port,
         ping_interval=args.ping_interval,
         user_id=args.user_id,
+        accounts=extra_accounts(args.token, args.accounts),
+        stamp_frames=args.stamp_frames,
     ):
         await stop.wait()
+
+
+def extra_accounts(token: str, count: int) -> dict[str, str]:
+    """The accounts besides the primary one for ``--accounts count``: ``{token-i: SIMi}``."""
+    return {f"{token}-{i}": f"SIM{i:05d}" for i in range(1, count)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -57,6 +57,9 @@ class AuthContext(Protocol):
 
     @property
     def faults(self) -> Faults: ...
+    def replace_token(self, token: str) -> None:
+        """Accept *token* for the account instead of the current one."""
+
     def schedule_token_expiry(self) -> None:
         """(Re)arm the closing of stream sockets at ``faults.token_expires_at``."""
 
@@ -129,7 +132,7 @@ class SimulatedAuth:
         now = time.time()
         token = f"sim-{secrets.token_urlsafe(24)}"
         expires = next_time_of_day(now, self.settings.expire_daily_at)
-        self.sim.token = token
+        self.sim.replace_token(token)
         self.sim.faults.token_expires_at = expires
         self.sim.schedule_token_expiry()
         self.issued += 1

@@ -42,6 +42,7 @@ class Counters:
     http_requests: int = 0
     injected_http_errors: int = 0
     unauthorized: int = 0  #: requests refused with 401 for a missing/wrong/expired token
+    rate_limited: int = 0  #: requests refused with 429 (an account over its rate limits, if enforced)
     model_messages: int = 0
     model_steps: int = 0
 

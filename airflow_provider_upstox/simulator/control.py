@@ -40,6 +40,10 @@ class _Calls:
         """Every stream ``code`` the simulator issued (for leak tests), as ``{"issued_codes": [...]}``."""
         return self._send(_call("GET", "codes"))
 
+    def accounts(self) -> Any:
+        """Per account: user id, connections, messages, REST requests and rate-limit peaks."""
+        return self._send(_call("GET", "accounts"))
+
     # -- faults
     def set_faults(self, **switches: Any) -> Any:
         """Set fault switches by name (see ``faults.Faults``); ``None`` restores a default."""

@@ -8,6 +8,8 @@ are JSON.
 - ``GET /_sim/state``: ground truth (orders with histories, positions, holdings, GTT, trades),
   counters, faults, market, issued codes. ``GET /_sim/counters``: counters only.
   ``GET /_sim/codes``: ``{"issued_codes": [...]}``, every code ever issued.
+- ``GET /_sim/accounts``: per account, user id, connected clients, market steps and messages, REST
+  requests, requests over the rate limits and the peak counts per second/minute/30 minutes.
 - ``POST /_sim/faults?<switch>=<json>...``: set switches (``null`` = default); ``clear=true`` first
   resets all.
 - ``POST /_sim/market?rate=&running=&steps=&quiesce=&timeout=``: rate, start/stop, N synchronous
@@ -45,6 +47,7 @@ class ControlTarget(Protocol):
     @property
     def connected(self) -> int: ...
     def summary(self) -> dict[str, Any]: ...
+    def accounts_summary(self) -> list[dict[str, Any]]: ...
     def ground_truth(self) -> dict[str, Any]: ...
     def set_faults(self, changes: dict[str, Any], *, clear: bool = False) -> None: ...
     def set_market(self, *, rate: float | None = None, running: bool | None = None) -> None: ...
@@ -85,7 +88,12 @@ class ControlAPI:
     async def handle(self, method: str, path: str, query: dict[str, list[str]]) -> Response:
         params = _params(query)
         name = path[len(PREFIX) :].strip("/")
-        getters = {"state": self.state, "counters": self.counters, "codes": self.codes}
+        getters = {
+            "state": self.state,
+            "counters": self.counters,
+            "codes": self.codes,
+            "accounts": self.accounts,
+        }
         if name in getters:
             return h.json_response(200, getters[name]())
         if method != "POST":
@@ -128,6 +136,9 @@ class ControlAPI:
 
     def counters(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self.sim.counters), "connected": self.sim.connected}
+
+    def accounts(self) -> dict[str, Any]:
+        return {"accounts": self.sim.accounts_summary()}
 
     def codes(self) -> dict[str, Any]:
         return {"issued_codes": list(self.sim.issued_codes)}

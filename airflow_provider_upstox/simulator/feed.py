@@ -37,6 +37,9 @@ class FeedContext(Protocol):
     @property
     def code_ttl(self) -> float: ...
     def token_expired(self) -> bool: ...
+    def account_for(self, request: Request) -> object | None:
+        """The account *request*'s token belongs to (the socket URL is issued for it)."""
+
     async def guard(self, kind: str, request: Request) -> Response | None:
         """Delay, injected failure or 401 for a REST-like request of *kind*; ``None`` to go on."""
 
@@ -48,8 +51,8 @@ class FeedGate:
         self.ctx = ctx
         #: every code ever issued (``GET /_sim/codes``, for leak tests)
         self.issued_codes: list[str] = []
-        self._codes: dict[str, tuple[str, tuple[str, ...], float]] = {}
-        self._subscriptions: dict[ServerConnection, tuple[str, ...]] = {}
+        self._codes: dict[str, tuple[str, tuple[str, ...], float, object | None]] = {}
+        self._subscriptions: dict[ServerConnection, tuple[tuple[str, ...], object | None]] = {}
 
     def routes(self) -> list[Route]:
         return [
@@ -63,14 +66,15 @@ class FeedGate:
         self._codes.clear()
         self.issued_codes.clear()
 
-    def take_subscription(self, conn: ServerConnection) -> tuple[str, ...] | None:
-        """The update types a just-upgraded connection subscribed to (``None``: it never handshook)."""
+    def take_subscription(self, conn: ServerConnection) -> tuple[tuple[str, ...], object | None] | None:
+        """The update types a just-upgraded connection subscribed to, and the account its URL was
+        issued for (``None``: it never handshook)."""
         return self._subscriptions.pop(conn, None)
 
     def issue_url(self, request: Request, types: tuple[str, ...]) -> str:
         ctx = self.ctx
         request_id, code = str(uuid.uuid4()), str(uuid.uuid4())
-        self._codes[code] = (request_id, types, time.monotonic())
+        self._codes[code] = (request_id, types, time.monotonic(), ctx.account_for(request))
         self.issued_codes.append(code)
         ctx.counters.codes_issued += 1
         ctx.counters.authorizations += 1
@@ -133,5 +137,5 @@ class FeedGate:
         if ctx.token_expired():
             ctx.counters.refused_handshakes += 1
             return h.error(401, h.INVALID_TOKEN)
-        self._subscriptions[req.conn] = entry[1]
+        self._subscriptions[req.conn] = (entry[1], entry[3])
         return None

@@ -16,10 +16,11 @@ from airflow_provider_upstox.simulator.routing import HttpRequest, Route
 
 
 class RestContext(Protocol):
-    """What the REST reads need from the simulator: the current model (a reset replaces it)."""
+    """What the REST reads need from the simulator: the market of the request's account."""
 
-    @property
-    def model(self) -> MarketModel: ...
+    def model_for(self, request: Request) -> MarketModel:
+        """The current model of the account the request's token belongs to (a reset replaces it)."""
+
     async def guard(self, kind: str, request: Request) -> Response | None:
         """Delay, injected failure or 401 for a request of *kind*; ``None`` to go on."""
 
@@ -43,7 +44,9 @@ def routes(ctx: RestContext) -> list[Route]:
 
     async def read(req: HttpRequest) -> Response:
         refused = await ctx.guard("rest", req.request)
-        return refused if refused is not None else rest_read(ctx.model, req.path, req.query)
+        if refused is not None:
+            return refused
+        return rest_read(ctx.model_for(req.request), req.path, req.query)
 
     return [Route(path, read) for path in sorted(REST_PATHS)]
 

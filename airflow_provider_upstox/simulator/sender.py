@@ -47,6 +47,8 @@ class SenderContext(Protocol):
     def ping_interval(self) -> float: ...
     @property
     def ping_timeout(self) -> float: ...
+    @property
+    def stamp_frames(self) -> bool: ...
 
 
 async def send_batch(ws: ServerConnection, frames: list[bytes]) -> None:
@@ -60,6 +62,12 @@ async def send_batch(ws: ServerConnection, frames: list[bytes]) -> None:
         for frame in frames:
             ws.protocol.send_text(frame)
         ws.transport.write(b"".join(ws.protocol.data_to_send()))
+
+
+def stamp(frames: list[bytes]) -> list[bytes]:
+    """Each frame with ``"sim_sent_us"``, the wall-clock send time, appended (for latency benches)."""
+    tail = b',"sim_sent_us":%d}' % (time.time_ns() // 1000)
+    return [frame[:-1] + tail if frame.endswith(b"}") else frame for frame in frames]
 
 
 def unknown_type_frame(user_id: str, n: int) -> bytes:
@@ -89,7 +97,10 @@ async def write_loop(sim: SenderContext, client: Client) -> None:
                 continue
             if not sim.faults.stream_active:
                 n = min(len(pending), _BATCH)
-                await send_batch(ws, [pending.popleft()[1] for _ in range(n)])
+                frames = [pending.popleft()[1] for _ in range(n)]
+                if sim.stamp_frames:
+                    frames = stamp(frames)
+                await send_batch(ws, frames)
                 counters.sent += n
                 client.model_sent += n
                 client.last_activity = time.monotonic()

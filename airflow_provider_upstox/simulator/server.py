@@ -12,6 +12,11 @@ one writer task (where stream faults are applied) and one idle-ping task, both i
 which read the server through the small ``SenderContext`` protocol; the route modules get the
 server as their own small protocols. None of them imports this module.
 
+Accounts: by default one account (``token``, ``user_id``); ``accounts={token: user_id, ...}`` adds
+more, each with its own market model, stream clients and rate limits (:mod:`.accounts`), as real
+Upstox serves many users on one host. Which account a bearer token belongs to is decided in ONE
+method, :meth:`UpstoxSimulator.account_for`.
+
 Secrets: the token is never logged (only a masked prefix), and the authorized URL (whose ``code`` is
 a credential) is never logged either; the websockets logger drops DEBUG records, since at DEBUG it
 would log request paths (filtered out).
@@ -23,7 +28,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -33,6 +38,7 @@ from websockets.http11 import Request, Response
 
 from airflow_provider_upstox.simulator import http as h
 from airflow_provider_upstox.simulator import rest
+from airflow_provider_upstox.simulator.accounts import Account, new_account
 from airflow_provider_upstox.simulator.auth import SimulatedAuth
 from airflow_provider_upstox.simulator.connections import Client, Counters
 from airflow_provider_upstox.simulator.control_api import ControlAPI
@@ -67,6 +73,13 @@ class UpstoxSimulator:
     :param ping_timeout: seconds to wait for the pong before closing with 1011.
     :param code_ttl: seconds an authorized URL stays usable.
     :param user_id: the simulated account's user id.
+    :param accounts: more accounts, ``{token: user_id}``, each with its own market (seeded from
+        *seed* and its position), stream clients and rate-limit counts.
+    :param enforce_rate_limits: answer 429 when an account goes over the Upstox rate limits
+        (``docs/PROTOCOL.md`` §8). Default: only with *accounts* (the single-account simulator only
+        counts, so that fault tests may hammer it).
+    :param stamp_frames: add ``"sim_sent_us"`` (wall clock, microseconds) to every stream frame as it
+        is written, for latency benches (clients keep unknown fields).
     """
 
     def __init__(
@@ -81,6 +94,9 @@ class UpstoxSimulator:
         ping_timeout: float = 20.0,
         code_ttl: float = 300.0,
         user_id: str = "AB1234",
+        accounts: Mapping[str, str] | None = None,
+        enforce_rate_limits: bool | None = None,
+        stamp_frames: bool = False,
     ) -> None:
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
@@ -90,6 +106,13 @@ class UpstoxSimulator:
         self.host = host
         self.port = port
         self.user_id = user_id
+        self._extra_accounts = dict(accounts or {})
+        if token in self._extra_accounts:
+            raise ValueError("an extra account reuses the primary account's token")
+        self.enforce_rate_limits = (
+            bool(self._extra_accounts) if enforce_rate_limits is None else enforce_rate_limits
+        )
+        self.stamp_frames = stamp_frames
         self.ping_timeout = ping_timeout
         self.code_ttl = code_ttl
         self._ping_interval_arg = ping_interval
@@ -123,7 +146,14 @@ class UpstoxSimulator:
     def _configure(self, seed: int, scenario: str) -> None:
         preset = SCENARIOS[scenario]
         self.seed, self.scenario = seed, scenario
-        self.model = MarketModel(seed, user_id=self.user_id)
+        self.accounts: dict[str, Account] = {}
+        everyone = {self.token: self.user_id, **self._extra_accounts}
+        for index, (token, user_id) in enumerate(everyone.items()):
+            self.accounts[token] = new_account(
+                token, user_id, seed, index, enforce_limits=self.enforce_rate_limits
+            )
+        self.primary = self.accounts[self.token]
+        self.model: MarketModel = self.primary.model
         self.fault_rng = random.Random(f"faults-{seed}")
         self.counters = Counters()
         self.faults = Faults()
@@ -193,24 +223,27 @@ class UpstoxSimulator:
     # ------------------------------------------------------------------ market
 
     async def _market_loop(self) -> None:
+        """Step every account's market at ``rate`` steps/s each (accounts keep their own phase)."""
         loop = asyncio.get_running_loop()
-        debt, last = 0.0, loop.time()
+        last = loop.time()
         while True:
             if not self.running or self.rate <= 0:
                 self.market_changed.clear()
                 await self.market_changed.wait()
-                debt, last = 0.0, loop.time()
+                last = loop.time()
                 continue
             await asyncio.sleep(min(1.0 / self.rate, 0.05))
             if not self.running or self.rate <= 0:
                 continue  # stopped (quiesce) while asleep: not one more step after "market stopped"
             now = loop.time()
-            debt += (now - last) * self.rate
+            owed = (now - last) * self.rate
             last = now
-            n = min(int(debt), 5000)
-            debt -= n
-            for _ in range(n):
-                self.publish(self.model.step())
+            for account in self.accounts.values():
+                account.debt += owed
+                n = min(int(account.debt), 5000)
+                account.debt -= n
+                for _ in range(n):
+                    self.publish(account.model.step(), account)
 
     def steps(self, count: int) -> int:
         """Advance the model *count* steps now; returns how many messages they produced."""
@@ -221,18 +254,22 @@ class UpstoxSimulator:
             self.publish(emitted)
         return produced
 
-    def publish(self, emitted: list[Emitted]) -> None:
-        """Queue each message for every subscribed client; count it as missed if no one is there."""
+    def publish(self, emitted: list[Emitted], account: Account | None = None) -> None:
+        """Queue each message for every subscribed client of *account* (default: the primary one);
+        count it as missed if no one is there."""
         c = self.counters
         c.model_steps += 1
         now = time.monotonic()
+        account = account or self.primary
+        clients = account.clients
+        account.messages += len(emitted)
         for msg in emitted:
             c.model_messages += 1
-            if not self.clients:
+            if not clients:
                 c.missed_while_away += 1
                 continue
             receivers = 0
-            for client in self.clients:
+            for client in clients:
                 if msg.update_type in client.types and not client.closing:
                     client.pending.append((now, msg.frame))
                     client.wakeup.set()
@@ -268,8 +305,34 @@ class UpstoxSimulator:
         expires = self.faults.token_expires_at
         return expires is not None and time.time() >= expires
 
+    def account_for(self, request: Request) -> Account | None:
+        """The account whose valid token authorizes *request*; ``None``: no, wrong or expired token.
+
+        The ONE place that maps a bearer token to an account (token rotation changes only this).
+        """
+        if self.token_expired():
+            return None
+        token = h.bearer_token(request)
+        return None if token is None else self.accounts.get(token)
+
     def token_ok(self, request: Request) -> bool:
-        return not self.token_expired() and h.bearer_token(request) == self.token
+        return self.account_for(request) is not None
+
+    def replace_token(self, token: str) -> None:
+        """Token rotation (the login flows of :mod:`.auth`): the primary account's token becomes
+        *token*; the old one is refused from then on, the account keeps its market and clients."""
+        if token in self.accounts:
+            raise ValueError("the new token already belongs to an account")
+        self.primary.token = token
+        self.accounts = {
+            (token if account is self.primary else key): account for key, account in self.accounts.items()
+        }
+        self.token = token
+
+    def model_for(self, request: Request) -> MarketModel:
+        """The market of the account that *request* is authorized for (checked by :meth:`guard`)."""
+        account = self.account_for(request)
+        return (account or self.primary).model
 
     def schedule_token_expiry(self) -> None:
         """(Re)arm the task that closes open sockets when the token expires."""
@@ -305,9 +368,13 @@ class UpstoxSimulator:
             setattr(f, f"{kind}_fail_count", count - 1)
             self.counters.injected_http_errors += 1
             return h.injected_error(status, f.retry_after)
-        if not self.token_ok(request):
+        account = self.account_for(request)
+        if account is None:
             self.counters.unauthorized += 1
             return h.error(401, h.INVALID_TOKEN)
+        if not account.rate.hit(urlsplit(request.path).path, time.monotonic()):
+            self.counters.rate_limited += 1
+            return h.error(429, h.TOO_MANY_REQUESTS)
         return None
 
     # ------------------------------------------------------------------ HTTP
@@ -324,12 +391,15 @@ class UpstoxSimulator:
     # ------------------------------------------------------------------ WebSocket
 
     async def _handler(self, ws: ServerConnection) -> None:
-        types = self.feed.take_subscription(ws)
-        if types is None:  # cannot happen: only the socket path is upgraded
+        subscription = self.feed.take_subscription(ws)
+        if subscription is None:  # cannot happen: only the socket path is upgraded
             await ws.close(1008, "not authorized")
             return
+        types, owner = subscription
+        account = owner if isinstance(owner, Account) else self.primary
         client = Client(ws, frozenset(types))
         self.clients.append(client)
+        account.clients.append(client)
         self.counters.connections += 1
         log.info("stream client connected (%s); %d connected", ",".join(types), len(self.clients))
         if self.faults.hang:
@@ -343,6 +413,7 @@ class UpstoxSimulator:
             pass
         finally:
             self.clients.remove(client)
+            account.clients.remove(client)
             writer.cancel()
             pinger.cancel()
             self.counters.lost_on_disconnect += len(client.pending)
@@ -363,7 +434,12 @@ class UpstoxSimulator:
             "rate": self.rate,
             "steps": self.model.steps,
             "connected": len(self.clients),
+            "accounts": len(self.accounts),
         }
+
+    def accounts_summary(self) -> list[dict[str, Any]]:
+        """Per account: user id, connected clients, market steps and messages, REST rate counts."""
+        return [account.summary() for account in self.accounts.values()]
 
     def ground_truth(self) -> dict[str, Any]:
         return self.model.ground_truth()

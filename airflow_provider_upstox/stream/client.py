@@ -46,7 +46,14 @@ from airflow_provider_upstox.models.updates import (
     reserve_seqs,
     strip_deprecated,
 )
-from airflow_provider_upstox.stream.backoff import DelayFactory, exponential_backoff
+from airflow_provider_upstox.stream.backoff import (
+    DEFAULT_FLEET_RECONNECT_RATE,
+    DelayFactory,
+    exponential_backoff,
+    fleet_joined,
+    fleet_left,
+    fleet_spread,
+)
 from airflow_provider_upstox.stream.buffer import BufferClosedError, UpdateBuffer
 from airflow_provider_upstox.stream.decode import FrameDecodeError, decode_frames, entry_size
 
@@ -161,6 +168,10 @@ class PortfolioStreamClient:
         make the client spin.
     :param healthy_after: a connection that lived this long resets the backoff.
     :param snapshot_on_connect: read the REST snapshots after every connect (default ``True``).
+    :param fleet_reconnect_rate: reconnects per second the streams of this process aim at in total
+        when they all drop at once: the first reconnect after a connection ends waits a random
+        delay in ``[0, running streams / rate)`` on top of the backoff (see
+        :func:`~airflow_provider_upstox.stream.backoff.fleet_spread`). ``None`` disables it.
     """
 
     def __init__(
@@ -182,6 +193,7 @@ class PortfolioStreamClient:
         min_reconnect_delay: float = 0.5,
         healthy_after: float = 60.0,
         snapshot_on_connect: bool = True,
+        fleet_reconnect_rate: float | None = DEFAULT_FLEET_RECONNECT_RATE,
     ) -> None:
         self.update_types = normalize_update_types(update_types)
         self.account = account
@@ -195,6 +207,7 @@ class PortfolioStreamClient:
         self.min_reconnect_delay = min_reconnect_delay
         self.healthy_after = healthy_after
         self.snapshot_on_connect = snapshot_on_connect
+        self.fleet_reconnect_rate = fleet_reconnect_rate
         self.stats = StreamStats()
         self.connection_epoch = 0
         self._authorize = authorize
@@ -295,13 +308,24 @@ class PortfolioStreamClient:
     # -- connection loop --------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        fleet_joined()
+        try:
+            await self._connect_loop()
+        finally:
+            fleet_left()
+
+    async def _connect_loop(self) -> None:
         loop = asyncio.get_running_loop()
         delays = self._delays()
-        first = True
+        first, fresh = True, True
         while not self._closing:
             if not first:
                 self.stats.reconnects += 1
-                await asyncio.sleep(max(self.min_reconnect_delay, next(delays)))
+                delay = next(delays)
+                if fresh:  # first try after an established connection ended: spread over the fleet
+                    delay = max(delay, fleet_spread(self.fleet_reconnect_rate))
+                    fresh = False
+                await asyncio.sleep(max(self.min_reconnect_delay, delay))
             first = False
             self._connected_at: float | None = None
             try:
@@ -320,8 +344,10 @@ class PortfolioStreamClient:
                 self.stats.last_error = _describe(exc)
                 log.warning("Upstox portfolio stream interrupted (%s); reconnecting", self.stats.last_error)
             connected_at = self._connected_at
-            if connected_at is not None and loop.time() - connected_at >= self.healthy_after:
-                delays = self._delays()
+            if connected_at is not None:  # an established connection ended: spread the next try
+                fresh = True
+                if loop.time() - connected_at >= self.healthy_after:
+                    delays = self._delays()
 
     async def _open(self, url: str) -> _Connection:
         try:

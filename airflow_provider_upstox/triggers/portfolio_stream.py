@@ -78,14 +78,6 @@ from airflow_provider_upstox.triggers.token_wait import (
     warn_token_refused,
 )
 
-try:  # the async masker: the sync one can deadlock the supervisor channel inside an event loop
-    from airflow.sdk.log import amask_secret
-except ImportError:  # pragma: no cover - older task-sdk
-
-    async def amask_secret(secret: Any, name: str | None = None) -> None:  # type: ignore[misc]
-        """No masker available."""
-
-
 log = logging.getLogger(__name__)
 
 Mode = Literal["auto", "deferral", "watch"]
@@ -350,9 +342,11 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
         # Loading the CA bundle blocks for ~0.1 s: done once per process, in a worker thread; the
         # client then reuses that shared TLS context and is cheap to create on the loop.
         await ashared_ssl_context(settings.config.verify)
-        rest = AsyncUpstoxClient(
-            settings.config, on_secret=amask_secret, retry_wait=self.hook_options.get("retry_wait")
-        )
+        # No on_secret masking: the single-use URL goes from the REST client straight into the
+        # stream client, which never logs it nor puts it in an exception. Masking one new value per
+        # connect would grow Airflow's process-wide masker (one regex of every value ever added,
+        # recompiled each time) for as long as the triggerer lives. The token is masked once.
+        rest = AsyncUpstoxClient(settings.config, retry_wait=self.hook_options.get("retry_wait"))
         try:
             profile = await rest.get_profile()
             account = profile.get("user_id") or profile.get("userId")
