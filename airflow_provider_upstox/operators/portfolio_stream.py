@@ -38,10 +38,10 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.bases.operator import TriggerFailureReason
 
 from airflow_provider_upstox.assets import ASSET_KINDS, portfolio_asset, stream_alias
-from airflow_provider_upstox.exceptions import UpstoxAuthenticationError
+from airflow_provider_upstox.exceptions import UpstoxAuthenticationError, UpstoxError
 from airflow_provider_upstox.market_hours import next_stop_deadline, parse_stop_at
 from airflow_provider_upstox.models.events import BatchEvent, ErrorEvent, IdleEvent, StreamEvent, decode_event
-from airflow_provider_upstox.models.updates import STREAM, Update, normalize_update_types, now_us
+from airflow_provider_upstox.models.updates import SNAPSHOT, STREAM, Update, normalize_update_types, now_us
 from airflow_provider_upstox.operators._db import load_progress, open_store, save_progress
 from airflow_provider_upstox.operators.stop_rules import StopRules, StreamProgress, optional_number
 from airflow_provider_upstox.store import ApplyResult
@@ -73,6 +73,11 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         snapshot taken on each connect is not activity).
     :param max_batches: stop after persisting this many non-empty batches.
     :param emit_assets: emit asset events for the kinds persisted (needs the default outlet).
+    :param backfill_history: after a batch with snapshot rows (every reconnect), queue the orders
+        whose snapshot state the store never saw and read their history and fills (see
+        :mod:`airflow_provider_upstox.backfill`); the to-do list is in the database.
+    :param backfill_time_slice: most seconds of backfill per wake-up (the trigger's parked stream
+        keeps reading meanwhile); what is left is read at the next wake-ups.
     """
 
     template_fields: Sequence[str] = (
@@ -100,6 +105,8 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         stop_after_idle: float | str | None = None,
         max_batches: int | str | None = None,
         emit_assets: bool = True,
+        backfill_history: bool = True,
+        backfill_time_slice: float = 5.0,
         **kwargs: Any,
     ) -> None:
         if emit_assets and "outlets" not in kwargs:
@@ -115,6 +122,8 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         self.stop_after_idle = stop_after_idle
         self.max_batches = max_batches
         self.emit_assets = emit_assets
+        self.backfill_history = backfill_history
+        self.backfill_time_slice = backfill_time_slice
         # Fail at parse time for literal values; templated ones are checked again after rendering.
         if not _is_template(update_types):
             normalize_update_types(update_types)
@@ -263,6 +272,10 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         progress.account = account
         if not updates:
             return None
+        snapshot = any(u.source == SNAPSHOT for u in updates)
+        if self.backfill_history and snapshot:
+            # Before apply(): afterwards the snapshot's states are recorded and no gap shows.
+            store.queue_history_backfill(account, updates)
         result: ApplyResult = store.apply(updates, account=account, stream_key=f"conn:{self.upstox_conn_id}")
         now = now_us()
         progress.batches += 1
@@ -282,7 +295,22 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         ):
             applied[name] = applied.get(name, 0) + count
         log.info("Batch %d: %d updates for %s -> %s", progress.batches, len(updates), account, result)
+        if self.backfill_history and (snapshot or store.pending_history_backfill(account, limit=1)):
+            self._backfill(store, account, trade_book=snapshot)
         return max(u.seq for u in updates)
+
+    def _backfill(self, store: Any, account: str, *, trade_book: bool) -> None:
+        """One time slice of history backfill, after the batch's commit; never fails the task."""
+        from airflow_provider_upstox.backfill import run_backfill
+        from airflow_provider_upstox.hooks.upstox import UpstoxHook
+
+        try:
+            with UpstoxHook(upstox_conn_id=self.upstox_conn_id).get_conn() as client:
+                run_backfill(
+                    store, client, account, time_limit=float(self.backfill_time_slice), trade_book=trade_book
+                )
+        except UpstoxError as exc:  # the queue is in the database: the next wake-up goes on
+            log.warning("History backfill of %s paused: %s", account, exc)
 
     def _lookup_account(self) -> str:
         from airflow_provider_upstox.hooks.upstox import UpstoxHook

@@ -31,12 +31,13 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from airflow_provider_upstox.simulator import history, rest
 from airflow_provider_upstox.simulator import http as h
-from airflow_provider_upstox.simulator import rest
 from airflow_provider_upstox.simulator.connections import Client, Counters
 from airflow_provider_upstox.simulator.control_api import ControlAPI
 from airflow_provider_upstox.simulator.faults import SCENARIOS, Faults
 from airflow_provider_upstox.simulator.feed import FeedGate
+from airflow_provider_upstox.simulator.history import RequestLog
 from airflow_provider_upstox.simulator.model import Emitted, MarketModel
 from airflow_provider_upstox.simulator.routing import HttpRequest, Route, Router
 from airflow_provider_upstox.simulator.sender import ping_loop, write_loop
@@ -111,6 +112,7 @@ class UpstoxSimulator:
         return [
             self.feed.routes(),
             rest.routes(self),
+            history.routes(self),
             ControlAPI(self).routes(),
         ]
 
@@ -122,6 +124,7 @@ class UpstoxSimulator:
         self.model = MarketModel(seed, user_id=self.user_id)
         self.fault_rng = random.Random(f"faults-{seed}")
         self.counters = Counters()
+        self.requests = RequestLog()
         self.faults = Faults()
         self.faults.update(dict(preset.faults))
         self.ping_interval = (
@@ -289,7 +292,8 @@ class UpstoxSimulator:
     async def guard(self, kind: str, request: Request) -> Response | None:
         """The checks every REST-like request passes (``kind`` ``"authorize"`` or ``"rest"``).
 
-        In order: the ``rest_delay`` fault, an injected failure (``<kind>_fail_status``), the token.
+        In order: the ``rest_delay`` fault, an injected failure (``<kind>_fail_status``), the token,
+        the account's rate windows (:class:`~.history.RequestLog`).
         :returns: the refusal to send, or ``None`` to go on.
         """
         f = self.faults
@@ -303,7 +307,7 @@ class UpstoxSimulator:
         if not self.token_ok(request):
             self.counters.unauthorized += 1
             return h.error(401, h.INVALID_TOKEN)
-        return None
+        return self.requests.admit(self.user_id)  # per-account rate windows (simulator/history.py)
 
     # ------------------------------------------------------------------ HTTP
 
