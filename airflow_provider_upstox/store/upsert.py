@@ -154,7 +154,8 @@ def backfill_enqueue(dialect: str) -> Any:
     values = {
         "reason": sa.case((reopened, new.reason), else_=table.c.reason),
         "queued_at": sa.case((reopened, new.queued_at), else_=table.c.queued_at),
-        "attempts": sa.case((reopened, 0), else_=table.c.attempts),
+        # literal, not bound: pymysql's executemany binds parameters only inside VALUES (...)
+        "attempts": sa.case((reopened, sa.literal_column("0")), else_=table.c.attempts),
         "done_at": sa.null(),  # assigned last: MySQL's CASEs above must see the old value
     }
     if dialect in MYSQL_DIALECTS:

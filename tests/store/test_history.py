@@ -207,7 +207,8 @@ def test_each_fill_is_stored_once_and_bad_fills_are_rejected(store: PortfolioSto
             sa.select(schema.rejected_updates.c.error).where(schema.rejected_updates.c.update_type == "trade")
         ).scalars()
         assert len(list(reasons)) == 6
-    assert row["source"] == "trade_book" and row["raw"]["trade_id"] == "T1"
+    assert row["source"] == "trade_book"
+    assert row["raw"]["trade_id"] == "T1"
     assert row["exchange_timestamp"] == datetime(2017, 8, 3, 9, 33, 42, tzinfo=timezone.utc)
     assert str(row["average_price"]).startswith("92.9")
 
@@ -228,7 +229,8 @@ def test_version_5_upgrade_keeps_every_row(db_url: str) -> None:
         assert PortfolioStore(engine).migrate() == 5
         assert PortfolioStore(engine).migrate() == 5  # re-runnable
         inspector = sa.inspect(engine)
-        assert inspector.has_table(schema.trades.name) and inspector.has_table(schema.backfill_queue.name)
+        assert inspector.has_table(schema.trades.name)
+        assert inspector.has_table(schema.backfill_queue.name)
         assert events(PortfolioStore(engine), "OLD1") == [("put order req received", 0, STREAM)]
     finally:
         engine.dispose()
