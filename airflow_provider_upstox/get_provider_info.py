@@ -44,7 +44,10 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {
                 "integration-name": _INTEGRATION,
-                "python-modules": ["airflow_provider_upstox.triggers.portfolio_stream"],
+                "python-modules": [
+                    "airflow_provider_upstox.triggers.portfolio_stream",
+                    "airflow_provider_upstox.triggers.token",
+                ],
             }
         ],
         "operators": [
@@ -91,6 +94,35 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "Verify TLS certificate",
                         "description": "Turn off only for a local server with a self-signed certificate.",
                         "schema": {"type": ["boolean", "null"], "default": True},
+                    },
+                    # Token renewal (issue 16): all optional; a token-only connection works as before.
+                    "client_id": {
+                        "label": "API key (client_id)",
+                        "description": "API key of your Upstox app: needed to renew the token from Airflow.",
+                        "schema": {"type": ["string", "null"], "maxLength": 100},
+                    },
+                    "client_secret": {
+                        "label": "API secret (client_secret)",
+                        "description": "API secret of your Upstox app. Masked like the token.",
+                        # "secret" in the key makes Airflow mask it in the API and logs; the format
+                        # makes the form a password input.
+                        "schema": {"type": ["string", "null"], "format": "password", "maxLength": 200},
+                    },
+                    "redirect_uri": {
+                        "label": "Redirect URI",
+                        "description": (
+                            "Redirect URI registered for the app; empty: this Airflow's "
+                            "/upstox/oauth/callback (see Admin > Upstox tokens)."
+                        ),
+                        "schema": {"type": ["string", "null"], "maxLength": 500},
+                    },
+                    "user_id": {
+                        "label": "Expected Upstox user id",
+                        "description": (
+                            "The account this connection is for. A token for another user is refused, "
+                            "and phone approvals are routed to this connection by it."
+                        ),
+                        "schema": {"type": ["string", "null"], "maxLength": 50},
                     },
                 },
             }

@@ -18,12 +18,20 @@ pick_python() {
     echo "no Python >= 3.10 found" >&2; return 1
 }
 
-# mysqlclient (needed by apache-airflow-providers-mysql, which the MySQL/MariaDB tests use) builds
-# from source against the MariaDB client library.
-if ! pkg-config --exists mysqlclient 2>/dev/null && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    echo "bootstrap: installing the MariaDB client headers (default-libmysqlclient-dev, pkg-config)"
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-libmysqlclient-dev pkg-config build-essential >/dev/null
+# mysqlclient (needed by apache-airflow-providers-mysql, which the test extra installs for the
+# MySqlHook tests) has no Linux wheels: it builds from source against the MySQL/MariaDB client
+# library. As root on Debian/Ubuntu (CI) install the headers; otherwise say what is missing before
+# pip fails on it. The demo (scripts/demo.sh) does not use this script and needs none of it.
+if ! pkg-config --exists mysqlclient 2>/dev/null && [ "$(uname -s)" = Linux ]; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        echo "bootstrap: installing the MariaDB client headers (default-libmysqlclient-dev, pkg-config)"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-libmysqlclient-dev pkg-config build-essential >/dev/null
+    elif [ ! -f "$VENV/.upstox-provider-installed" ]; then
+        echo "bootstrap: the test extra compiles mysqlclient and pkg-config finds no MySQL client headers;" >&2
+        echo "  install them first (Debian/Ubuntu: sudo apt-get install pkg-config default-libmysqlclient-dev" >&2
+        echo "  build-essential; Fedora: sudo dnf install pkgconf mariadb-connector-c-devel gcc)" >&2
+    fi
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -40,7 +48,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     echo "bootstrap: installing the provider and its test dependencies (pinned by $CONSTRAINTS)"
     CONSTRAINT_ARGS=()
     [ -f "$CONSTRAINTS" ] && CONSTRAINT_ARGS=(-c "$CONSTRAINTS")
-    "$VENV/bin/python" -m pip install -q "${CONSTRAINT_ARGS[@]}" -e "$ROOT[test]"
+    "$VENV/bin/python" -m pip install -q "${CONSTRAINT_ARGS[@]}" -e "${ROOT}[test]"
     echo "$WANT" > "$STAMP"
 fi
 
@@ -55,7 +63,7 @@ fi
 if [ "${SKIP_SERVICES:-0}" != "1" ]; then
     if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then
         echo "bootstrap: starting PostgreSQL"
-        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+        pg_ctlcluster --skip-systemctl-redirect "$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf "%f\n" | sort | head -n1)" main start || true
     fi
     if command -v mariadb-admin >/dev/null 2>&1 && ! mariadb-admin -h 127.0.0.1 -uroot ping >/dev/null 2>&1; then
         echo "bootstrap: starting MariaDB"

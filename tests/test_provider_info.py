@@ -59,7 +59,12 @@ def test_connection_form(info: dict[str, Any]) -> None:
     assert behaviour["relabeling"] == {"password": "Access token", "host": "Base URL"}
     assert behaviour["placeholders"]["host"] == "https://api.upstox.com"
     fields = conn["conn-fields"]
-    assert set(fields) == {"update_types", "timeout", "verify"}
+    assert set(fields) == {
+        "update_types", "timeout", "verify", "client_id", "client_secret", "redirect_uri", "user_id",
+    }  # fmt: skip
+    # token renewal fields are optional (a token-only connection keeps working), the secret masked
+    assert all("null" in fields[name]["schema"]["type"] for name in ("client_id", "client_secret", "user_id"))
+    assert fields["client_secret"]["schema"]["format"] == "password"
     assert fields["update_types"]["schema"]["default"] == "order,position,holding,gtt_order"
     assert fields["verify"]["schema"]["default"] is True
 

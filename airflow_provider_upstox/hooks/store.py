@@ -4,6 +4,11 @@ The engine comes from the connection's own common-sql hook (``PostgresHook``, ``
 ``SqliteHook``...): ``DbApiHook.get_sqlalchemy_engine()``, so whatever URL, driver and extras the
 user configured for that connection type are honoured, and this provider never parses connection
 fields itself. The store stays Airflow-free; only this module imports Airflow.
+
+One exception, so that MySQL/MariaDB needs no compiler: a ``mysql`` (or ``mariadb``) connection
+is opened with PyMySQL when its hook asks for a ``mysqlclient`` that is not installed (the hook's
+URL, driver swapped), or when Airflow's MySQL provider is not installed at all (the ``[mysql]`` extra
+is PyMySQL alone; the URL is built from the connection's fields).
 """
 
 from __future__ import annotations
@@ -53,17 +58,48 @@ def get_portfolio_store(sql_conn_id: str, engine_kwargs: dict[str, Any] | None =
     """
     kwargs: dict[str, Any] = {"pool_pre_ping": True, "json_serializer": json_dumps}
     kwargs.update(engine_kwargs or {})
-    hook = get_db_hook(sql_conn_id)
     try:
-        engine = hook.get_sqlalchemy_engine(engine_kwargs=kwargs)
-    except ImportError:
-        url = _pymysql_instead_of_mysqlclient(hook)
-        if url is None:
+        hook = get_db_hook(sql_conn_id)
+    except TypeError:
+        engine = _pymysql_engine_without_hook(sql_conn_id, kwargs)
+        if engine is None:
             raise
-        log.info("Connection %s: mysqlclient is not installed, using PyMySQL", sql_conn_id)
-        engine = sa.create_engine(url, **kwargs)
+    else:
+        try:
+            engine = hook.get_sqlalchemy_engine(engine_kwargs=kwargs)
+        except ImportError:
+            url = _pymysql_instead_of_mysqlclient(hook)
+            if url is None:
+                raise
+            log.info("Connection %s: mysqlclient is not installed, using PyMySQL", sql_conn_id)
+            engine = sa.create_engine(url, **kwargs)
     log.debug("Portfolio store on connection %s (%s)", sql_conn_id, engine.dialect.name)
     return PortfolioStore(engine)
+
+
+def _pymysql_engine_without_hook(sql_conn_id: str, engine_kwargs: dict[str, Any]) -> sa.Engine | None:
+    """A PyMySQL engine for a ``mysql``/``mariadb`` connection whose provider is not installed.
+
+    The ``[mysql]`` extra is PyMySQL alone (Airflow's MySQL provider needs the C ``mysqlclient`` on
+    Linux): the URL is built from the connection's host, port, login, password, schema and
+    ``charset`` extra. ``None`` for any other connection type (the caller keeps its error).
+    """
+    connection = BaseHook.get_connection(sql_conn_id)
+    if (connection.conn_type or "").lower() not in ("mysql", "mariadb"):
+        return None
+    if importlib.util.find_spec("pymysql") is None:
+        return None
+    url = sa.URL.create(
+        "mysql+pymysql",
+        username=connection.login or None,
+        password=connection.password or None,
+        host=connection.host or "localhost",
+        port=int(connection.port) if connection.port else None,
+        database=connection.schema or None,
+        query={"charset": str(connection.extra_dejson.get("charset") or "utf8mb4")},
+    )
+    log.info("Connection %s: no MySQL provider installed, using PyMySQL", sql_conn_id)
+    return sa.create_engine(url, **engine_kwargs)
 
 
 def _pymysql_instead_of_mysqlclient(hook: DbApiHook) -> sa.URL | None:

@@ -6,7 +6,11 @@ The connection (see ``get_provider_info.py`` for the form):
 password       the Upstox access token (required)
 host           base URL, default ``https://api.upstox.com``; a bare host name means ``https://``
 extra          ``update_types`` (default all four), ``timeout`` (seconds, default 30),
-               ``verify`` (TLS verification, default true)
+               ``verify`` (TLS verification, default true); for token renewal (all optional):
+               ``client_id`` (API key), ``client_secret`` (API secret, masked by Airflow as its
+               name contains ``secret``), ``redirect_uri``, ``user_id`` (the expected account),
+               and ``renewal`` (written by the plugin with a new token: issued/expiry time,
+               user, fingerprint of the token it describes)
 =============  ==============================================================================
 
 The token and every authorized stream URI are registered with Airflow's secrets masker as soon as
@@ -19,19 +23,27 @@ sync counterparts talk to the task supervisor with a blocking call that raises
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from airflow.sdk import BaseHook
 from tenacity.wait import wait_base
 
-from airflow_provider_upstox.client import AsyncUpstoxClient, UpstoxClient, UpstoxClientConfig
+from airflow_provider_upstox.client import AsyncUpstoxClient, UpstoxClient, UpstoxClientConfig, login
 from airflow_provider_upstox.client.config import DEFAULT_BASE_URL
 from airflow_provider_upstox.client.core import stream_uri_secrets
-from airflow_provider_upstox.exceptions import UpstoxError, UpstoxMalformedResponseError
+from airflow_provider_upstox.client.login import IssuedToken, LoginApp, TokenRequest
+from airflow_provider_upstox.exceptions import (
+    UpstoxAPIError,
+    UpstoxAuthenticationError,
+    UpstoxError,
+    UpstoxMalformedResponseError,
+)
 from airflow_provider_upstox.models.updates import GTT_ORDER, HOLDING, ORDER, POSITION, normalize_update_types
 
 try:  # task-sdk >= 1.3.2: masking that cannot deadlock inside an event loop
@@ -357,6 +369,90 @@ class UpstoxHook(BaseHook):  # type: ignore[misc]  # airflow is not type-checked
         """Every current object of *update_type* from its REST read (see :func:`snapshot_reader`)."""
         return snapshot_reader(self, update_type)()
 
+    # --- token renewal (issue 16): the app's login calls and what a waiting stream needs ---------
+
+    def get_login_app(self) -> LoginApp:
+        """The connection's Upstox app (API key, secret, redirect URI), the secret masked in logs.
+
+        :raises ValueError: the connection has no ``client_id`` or ``client_secret``.
+        """
+        conn = self.get_connection(self.upstox_conn_id)
+        app = login_app_from_extra(self.upstox_conn_id, conn.extra_dejson)
+        mask_secret(app.client_secret)
+        return app
+
+    def _login_endpoint(self) -> tuple[str, float, bool]:
+        conn = self.get_connection(self.upstox_conn_id)
+        return login_endpoint(self.upstox_conn_id, conn.host, conn.port, conn.extra_dejson)
+
+    def request_access_token(self) -> TokenRequest:
+        """Ask Upstox to prompt the account owner (app, WhatsApp) for a new token (docs/PROTOCOL.md §6).
+
+        The token itself is POSTed by Upstox to the app's notifier webhook (this provider's plugin),
+        which writes it into the connection. One attempt: a retry would prompt the user twice.
+
+        :raises ValueError: the connection has no app credentials.
+        :raises UpstoxAPIError: Upstox refused the request (wrong key or secret, app not allowed).
+        """
+        app = self.get_login_app()
+        base_url, timeout, verify = self._login_endpoint()
+        answer = login.send(login.token_request_request(base_url, app), timeout=timeout, verify=verify)
+        request = login.parse_token_request(answer)
+        log.info(
+            "Requested a new Upstox access token for connection %r; approval possible until %s",
+            self.upstox_conn_id,
+            _format_ms(request.authorization_expiry),
+        )
+        return request
+
+    def exchange_code(self, code: str) -> IssuedToken:
+        """Trade a single-use OAuth ``code`` for a new token (``POST /v2/login/authorization/token``)."""
+        app = self.get_login_app()
+        base_url, timeout, verify = self._login_endpoint()
+        answer = login.send(login.code_exchange_request(base_url, app, code), timeout=timeout, verify=verify)
+        issued = login.parse_code_exchange(answer)
+        mask_secret(issued.access_token)
+        return issued
+
+    def get_profile_with_token(self, access_token: str) -> dict[str, Any]:
+        """The profile as seen with *access_token* (not the connection's): verifies a delivered token.
+
+        :raises UpstoxAuthenticationError: Upstox refuses that token.
+        """
+        base_url, timeout, verify = self._login_endpoint()
+        config = UpstoxClientConfig(
+            base_url=base_url, access_token=access_token, timeout=timeout, verify=verify, max_attempts=1
+        )
+        with UpstoxClient(config, retry_wait=self._retry_wait) as client:
+            return client.get_profile()
+
+    async def atoken_fingerprint(self) -> str | None:
+        """Fingerprint of the connection's token as stored now (fresh read, never the cached settings).
+
+        Cheap enough for a waiting stream to call every few seconds: one connection lookup, one hash.
+        ``None`` when the connection holds no token. The token itself never leaves this method.
+        """
+        conn, _ = await _aget_connection_and_extra(self, self.upstox_conn_id)
+        return token_fingerprint(conn.password)
+
+    def token_fingerprint(self) -> str | None:
+        """Sync :meth:`atoken_fingerprint`."""
+        return token_fingerprint(self.get_connection(self.upstox_conn_id).password)
+
+    async def arenewal_state(self) -> tuple[str | None, dict[str, Any]]:
+        """``(fingerprint, renewal record)`` of the connection now (fresh read); the record is ``{}``
+        unless it describes the current token (see ``plugins/connections.py``)."""
+        conn, extra = await _aget_connection_and_extra(self, self.upstox_conn_id)
+        fingerprint = token_fingerprint(conn.password)
+        record = extra.get(RENEWAL_EXTRA_KEY)
+        if isinstance(record, dict) and fingerprint and record.get("fingerprint") == fingerprint:
+            return fingerprint, record
+        return fingerprint, {}
+
+    def forget_settings(self) -> None:
+        """Drop the cached connection, so the next call reads the (possibly renewed) token again."""
+        self._settings = None
+
     # --- UI ----------------------------------------------------------------------------------------
 
     def test_connection(self) -> tuple[bool, str]:
@@ -390,3 +486,63 @@ def _user_id(profile: dict[str, Any]) -> str:
     if not user_id:
         raise UpstoxMalformedResponseError("Upstox profile has no 'user_id'", path="/v2/user/profile")
     return str(user_id)
+
+
+# --- token renewal helpers (issue 16) -------------------------------------------------------------
+
+#: Extra key of the renewal record the plugin writes with a new token (issued/expiry time, user,
+#: fingerprint). A nested object, so that no key name trips Airflow's sensitive-field masking.
+RENEWAL_EXTRA_KEY = "renewal"
+#: Upstox's code for an invalid or expired token (docs/PROTOCOL.md §3).
+INVALID_TOKEN_CODE = "UDAPI100050"
+
+
+def token_fingerprint(token: str | None) -> str | None:
+    """A short SHA-256 fingerprint of *token*: tells tokens apart, reveals nothing usable."""
+    token = (token or "").strip()
+    if not token:
+        return None
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+def is_token_refusal(exc: BaseException) -> bool:
+    """Did Upstox refuse the token itself (401/403 or ``UDAPI100050``), as opposed to anything else?
+
+    The one test a stream uses to switch into *waiting for a new token* instead of retrying.
+    """
+    if isinstance(exc, UpstoxAuthenticationError):
+        return True
+    if isinstance(exc, UpstoxAPIError):
+        return exc.status_code in (401, 403) or exc.error_code == INVALID_TOKEN_CODE
+    return False
+
+
+def login_app_from_extra(conn_id: str, extra: dict[str, Any]) -> LoginApp:
+    """The app of an ``upstox`` connection's extra. Pure.
+
+    :raises ValueError: ``client_id`` or ``client_secret`` missing (the message names the field).
+    """
+    client_id = str(extra.get("client_id") or "").strip()
+    secret = str(extra.get("client_secret") or "").strip()
+    missing = [name for name, value in (("client_id", client_id), ("client_secret", secret)) if not value]
+    if missing:
+        raise ValueError(
+            f"Upstox connection {conn_id!r} cannot renew its token: extra {' and '.join(missing)} "
+            "missing (the API key and secret of your Upstox app)"
+        )
+    return LoginApp(client_id, secret, str(extra.get("redirect_uri") or "").strip())
+
+
+def login_endpoint(
+    conn_id: str, host: str | None, port: int | None, extra: dict[str, Any]
+) -> tuple[str, float, bool]:
+    """``(base_url, timeout, verify)`` of a connection, valid with or without a token."""
+    return (
+        _base_url(host, port),
+        _float_extra(extra, "timeout", 30.0, conn_id),
+        _bool_extra(extra, "verify", True, conn_id),
+    )
+
+
+def _format_ms(epoch_ms: int) -> str:
+    return datetime.fromtimestamp(epoch_ms / 1000, login.IST).strftime("%Y-%m-%d %H:%M:%S IST")

@@ -33,12 +33,14 @@ from websockets.http11 import Request, Response
 
 from airflow_provider_upstox.simulator import history, rest
 from airflow_provider_upstox.simulator import http as h
+from airflow_provider_upstox.simulator.auth import SimulatedAuth
 from airflow_provider_upstox.simulator.connections import Client, Counters
 from airflow_provider_upstox.simulator.control_api import ControlAPI
 from airflow_provider_upstox.simulator.faults import SCENARIOS, Faults
 from airflow_provider_upstox.simulator.feed import FeedGate
 from airflow_provider_upstox.simulator.history import RequestLog
 from airflow_provider_upstox.simulator.model import Emitted, MarketModel
+from airflow_provider_upstox.simulator.request_body import BodyReadingConnection
 from airflow_provider_upstox.simulator.routing import HttpRequest, Route, Router
 from airflow_provider_upstox.simulator.sender import ping_loop, write_loop
 
@@ -99,6 +101,7 @@ class UpstoxSimulator:
         self._market_task: asyncio.Task[None] | None = None
         self._expiry_task: asyncio.Task[None] | None = None
         self._configure(seed, scenario)
+        self.auth = SimulatedAuth(self)  # login flows of docs/PROTOCOL.md §6 (issue 16)
         self.router = Router()
         for routes in self.route_modules():
             self.router.add(routes)
@@ -114,6 +117,7 @@ class UpstoxSimulator:
             rest.routes(self),
             history.routes(self),
             ControlAPI(self).routes(),
+            self.auth.routes(),
         ]
 
     # ------------------------------------------------------------------ lifecycle
@@ -153,6 +157,7 @@ class UpstoxSimulator:
             max_size=2**20,
             write_limit=2**20,
             logger=_ws_log,
+            create_connection=BodyReadingConnection,  # the login POSTs carry bodies (issue 16)
         )
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]

@@ -51,7 +51,10 @@ def test_hook_meta_standard_fields(upstox_meta: dict[str, Any]) -> None:
 
 def test_hook_meta_extra_fields(upstox_meta: dict[str, Any]) -> None:
     extra = upstox_meta["extra_fields"]
-    assert set(extra) == {"update_types", "timeout", "verify"}
+    assert set(extra) == {
+        "update_types", "timeout", "verify", "client_id", "client_secret", "redirect_uri", "user_id",
+    }  # fmt: skip
+    assert extra["client_secret"]["schema"]["format"] == "password"  # a password input in the form
     assert extra["update_types"]["schema"]["title"] == "Update types"
     assert extra["update_types"]["value"] == "order,position,holding,gtt_order"
     assert extra["timeout"]["schema"]["title"] == "Timeout (seconds)"

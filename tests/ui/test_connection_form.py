@@ -88,6 +88,16 @@ def test_add_connection_form_shows_upstox_fields(airflow_env, browser: str) -> N
         assert "update types" in extra
         assert "timeout" in extra
         assert "verify tls" in extra
+        # token renewal (issue 16): the app's key and secret, redirect URI, expected account
+        for label in (
+            "api key (client_id)",
+            "api secret (client_secret)",
+            "redirect uri",
+            "expected upstox user id",
+        ):
+            assert label in extra, label
+        # the access token and the app secret are both password inputs (masked)
+        assert page.evaluate("document.querySelectorAll('input[type=password]').length") >= 2
         time.sleep(0.5)
         page.screenshot(SCREENSHOTS / "connection-form-extra.png")
 
@@ -102,7 +112,9 @@ def test_dags_page_lists_the_example_dags(airflow_env, browser: str, monkeypatch
         page.navigate(f"{base_url}/dags")
         page.wait_for("document.body.innerText.includes('upstox_portfolio_stream')", 60)
         text = page.body_text()
-        for dag_id in ("upstox_portfolio_stream", "upstox_portfolio_events", "upstox_reconcile"):
+        for dag_id in (
+            "upstox_portfolio_stream", "upstox_portfolio_events", "upstox_reconcile", "upstox_token_renewal",
+        ):  # fmt: skip
             assert dag_id in text
         time.sleep(1)
         page.screenshot(SCREENSHOTS / "dags-list.png")

@@ -1,0 +1,132 @@
+"""``upstox_token_renewal`` under a real scheduler, triggerer and dag-processor, with the plugin.
+
+One run for two accounts: the first owner approves on the phone (the simulator POSTs to the
+plugin's notifier, the plugin writes the connection, the deferred task's trigger sees the new token
+and the task succeeds); the second rejects (nothing arrives, the request expires, that account's
+task alone fails with a clear message and its connection keeps its token). Slow: a minute or two.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from airflow_provider_upstox.simulator import run_simulator_in_thread
+from tests.plugins.conftest import APP, far_daily_expiry, sim_auth, sim_control
+
+pytestmark = [pytest.mark.slow, pytest.mark.airflow_server, pytest.mark.timeout(600)]
+
+DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
+STACK = ("dag-processor", "scheduler", "triggerer")
+DAG_ID = "upstox_token_renewal"
+
+
+def _task_states(http: httpx.Client, run_id: str) -> dict[str, str]:
+    answer = http.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")
+    return {ti["task_id"]: ti["state"] for ti in answer.json().get("task_instances", [])}
+
+
+def _wait(condition: Any, timeout: float, what: str, logs: Any) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what}\n{logs()}"
+        time.sleep(1)
+
+
+def _state(http: httpx.Client, conn_id: str) -> dict[str, Any]:
+    rows = http.get("/upstox/api/connections", params={"probe": "false"}).json()["connections"]
+    return next(row for row in rows if row["conn_id"] == conn_id)  # type: ignore[no-any-return]
+
+
+@pytest.mark.simulator(scenario="quiet")
+def test_daily_renewal_approved_and_rejected(airflow_env: Any, simulator: Any) -> None:
+    env = {
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
+        "UPSTOX_TOKEN_RENEWAL_CONN_IDS": "upstox_approves,upstox_rejects",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+    }
+    second_token = "second-account-" + "t" * 20
+    with (
+        run_simulator_in_thread(token=second_token, scenario="quiet", user_id="CD5678") as other,
+        airflow_env.api_server(log_name="renewal-api-server", extra_env=env) as base_url,
+        httpx.Client(base_url=base_url, timeout=60) as http,
+    ):
+        env = {**env, "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base_url}/execution/"}
+        procs = [airflow_env.start(name, log_name=f"renewal-{name}", extra_env=env) for name in STACK]
+
+        def logs() -> str:
+            return "\n".join(airflow_env.read_log(f"renewal-{n}")[-3000:] for n in STACK)
+
+        try:
+            from airflow_provider_upstox.plugins.keys import notifier_key
+
+            settings = {
+                **APP,
+                "notifier_url": f"{base_url}/upstox/notifier/{notifier_key()}",
+                "expire_daily_at": far_daily_expiry(),
+                "request_ttl": 40,
+            }
+            accounts = {"upstox_approves": (simulator, "AB1234"), "upstox_rejects": (other, "CD5678")}
+            for conn_id, (sim, user_id) in accounts.items():
+                assert sim_control(sim, "config", **settings).status_code == 200
+                http.delete(f"/api/v2/connections/{conn_id}")
+                body = {
+                    "connection_id": conn_id,
+                    "conn_type": "upstox",
+                    "host": sim.base_url,
+                    "password": sim.token,
+                    "extra": json.dumps({**APP, "user_id": user_id}),
+                }
+                assert http.post("/api/v2/connections", json=body).status_code == 201
+            before = _state(http, "upstox_rejects")
+            _wait(lambda: http.get(f"/api/v2/dags/{DAG_ID}").status_code == 200, 180, "DAG not parsed", logs)
+            http.patch(f"/api/v2/dags/{DAG_ID}", json={"is_paused": False})
+            run_id = http.post(f"/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": None}).json()[
+                "dag_run_id"
+            ]
+
+            for sim in (simulator, other):
+                _wait(lambda sim=sim: sim_auth(sim)["pending"], 180, "no token request", logs)
+            _wait(lambda: set(_task_states(http, run_id).values()) == {"deferred"}, 60, "not deferred", logs)
+            assert sim_control(simulator, "approve").json()["status"] == 200
+            assert sim_control(other, "reject").status_code == 200
+
+            def finished() -> dict[str, str] | None:
+                states = _task_states(http, run_id)
+                return states if states and all(v in ("success", "failed") for v in states.values()) else None
+
+            final = _wait(finished, 180, "tasks did not finish", logs)
+            assert final == {"renew__upstox_approves": "success", "renew__upstox_rejects": "failed"}, final
+            approved = _state(http, "upstox_approves")
+            assert approved["fingerprint"] == sim_auth(simulator)["token_fingerprint"]
+            assert approved["source"] == "notifier"
+            assert _state(http, "upstox_rejects") == before
+            failure_log = _task_log(http, run_id, "renew__upstox_rejects")
+            assert "without an approval" in failure_log
+            everything = logs() + airflow_env.read_log("renewal-api-server") + failure_log
+            for secret in (simulator.token, second_token, APP["client_secret"]):
+                assert secret not in everything
+        finally:
+            for proc in procs:
+                airflow_env.stop(proc)
+
+
+def _task_log(http: httpx.Client, run_id: str, task_id: str) -> str:
+    answer = http.get(
+        f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/logs/1",
+        headers={"Accept": "application/json"},
+    )
+    return answer.text  # JSON: the log events, each with its message
