@@ -31,7 +31,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from airflow_provider_upstox.simulator import history, rest
+from airflow_provider_upstox.simulator import history, postbacks, rest
 from airflow_provider_upstox.simulator import http as h
 from airflow_provider_upstox.simulator.auth import SimulatedAuth
 from airflow_provider_upstox.simulator.connections import Client, Counters
@@ -40,6 +40,7 @@ from airflow_provider_upstox.simulator.faults import SCENARIOS, Faults
 from airflow_provider_upstox.simulator.feed import FeedGate
 from airflow_provider_upstox.simulator.history import RequestLog
 from airflow_provider_upstox.simulator.model import Emitted, MarketModel
+from airflow_provider_upstox.simulator.postbacks import PostbackSender
 from airflow_provider_upstox.simulator.request_body import BodyReadingConnection
 from airflow_provider_upstox.simulator.routing import HttpRequest, Route, Router
 from airflow_provider_upstox.simulator.sender import ping_loop, write_loop
@@ -102,6 +103,7 @@ class UpstoxSimulator:
         self._expiry_task: asyncio.Task[None] | None = None
         self._configure(seed, scenario)
         self.auth = SimulatedAuth(self)  # login flows of docs/PROTOCOL.md §6 (issue 16)
+        self.postbacks = PostbackSender(seed)  # simulator/postbacks.py: the webhook channel
         self.router = Router()
         for routes in self.route_modules():
             self.router.add(routes)
@@ -116,6 +118,7 @@ class UpstoxSimulator:
             self.feed.routes(),
             rest.routes(self),
             history.routes(self),
+            postbacks.routes(self),
             ControlAPI(self).routes(),
             self.auth.routes(),
         ]
@@ -171,6 +174,7 @@ class UpstoxSimulator:
         )
 
     async def stop(self) -> None:
+        self.postbacks.close()
         for task in (self._market_task, self._expiry_task):
             if task is not None:
                 task.cancel()
@@ -226,6 +230,7 @@ class UpstoxSimulator:
 
     def publish(self, emitted: list[Emitted]) -> None:
         """Queue each message for every subscribed client; count it as missed if no one is there."""
+        self.postbacks.offer(emitted)  # the webhook channel does not depend on the socket
         c = self.counters
         c.model_steps += 1
         now = time.monotonic()
@@ -408,6 +413,7 @@ class UpstoxSimulator:
             raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
         for client in list(self.clients):
             client.drop(1001, "simulator reset")
+        self.postbacks.configure({}, clear=True)
         self.feed.forget()
         self._configure(self.seed if seed is None else seed, scenario or self.scenario)
         self.schedule_token_expiry()
