@@ -42,6 +42,11 @@ from airflow_provider_upstox.plugins.notifier import TokenBucket
 log = logging.getLogger(__name__)
 
 CONNECTIONS_TTL: Final = 30.0
+#: Postbacks of one connection accepted at once, and per second after: an account placing a basket
+#: of dozens of orders sends a few hundred updates in a burst. A postback refused here is not lost
+#: for good: the stream carries the same update, and the history backfill reads it later.
+POSTBACK_BURST: Final = 300
+POSTBACK_RATE: Final = 10.0
 DEFAULT_SQL_CONN_ID: Final = "upstox_db"
 _MAX_BACKOFF: Final = 30.0
 
@@ -75,7 +80,6 @@ class PostbackEndpoint:
         self._read_at = 0.0
         self._wakeup: asyncio.Event | None = None
         self._drainer: asyncio.Task[None] | None = None
-        self._stores: dict[str, Any] = {}
 
     @property
     def spool(self) -> postbacks.PostbackSpool:
@@ -100,7 +104,7 @@ class PostbackEndpoint:
 
     def allow(self, conn_id: str) -> bool:
         """The rate limit of well-formed postbacks of one connection."""
-        bucket = self._buckets.setdefault(conn_id, TokenBucket(capacity=500, rate=100.0))
+        bucket = self._buckets.setdefault(conn_id, TokenBucket(capacity=POSTBACK_BURST, rate=POSTBACK_RATE))
         return bucket.take()
 
     async def accept(self, conn: conns.UpstoxConnection, payload: Any) -> None:
@@ -130,15 +134,24 @@ class PostbackEndpoint:
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.get_running_loop().create_task(self._drain_loop())
 
-    def _open_store(self, sql_conn_id: str) -> Any:
-        store = self._stores.get(sql_conn_id)
-        if store is None:
-            from airflow_provider_upstox.hooks.store import get_portfolio_store
+    def _drain_batch(self) -> int:
+        """One :func:`postbacks.drain` batch, each store opened for it (a connection edited in the
+        UI takes effect at the next batch; engines are not kept between batches)."""
+        from airflow_provider_upstox.hooks.store import get_portfolio_store
 
+        opened: list[Any] = []
+
+        def open_store(sql_conn_id: str) -> Any:
             store = get_portfolio_store(sql_conn_id)
+            opened.append(store)
             store.migrate()
-            self._stores[sql_conn_id] = store
-        return store
+            return store
+
+        try:
+            return postbacks.drain(self.spool, open_store)
+        finally:
+            for store in opened:
+                store.engine.dispose()
 
     async def _drain_loop(self) -> None:
         assert self._wakeup is not None
@@ -146,7 +159,7 @@ class PostbackEndpoint:
         while True:
             self._wakeup.clear()
             try:
-                moved = await asyncio.to_thread(postbacks.drain, self.spool, self._open_store)
+                moved = await asyncio.to_thread(self._drain_batch)
             except Exception as exc:  # the store is down: keep the spool, retry later
                 log.warning(
                     "Upstox postbacks: the store refused a batch (%s); retrying in %.1fs",
