@@ -35,7 +35,13 @@ from airflow_provider_upstox.models.updates import (
     strip_deprecated,
 )
 from airflow_provider_upstox.operators._db import open_store
-from airflow_provider_upstox.reconciliation import Discrepancy, compare, compare_fills, index_rows
+from airflow_provider_upstox.reconciliation import (
+    Discrepancy,
+    compare,
+    compare_fills,
+    index_rows,
+    trade_book_days,
+)
 
 if TYPE_CHECKING:
     from airflow_provider_upstox.hooks.upstox import UpstoxHook
@@ -173,8 +179,10 @@ class UpstoxReconcileOperator(BaseOperator):
             found.extend(compare(update_type, stored, snapshot, today=today))
             if update_type == ORDER and self.check_fills:
                 received = datetime.fromtimestamp(now_us() / 1e6, tz=timezone.utc)
-                store.record_trade_book(account, hook.get_trades(), received)
-                found.extend(compare_fills(stored, store.filled_by_fills(account), today=today))
+                book = hook.get_trades()
+                store.record_trade_book(account, book, received)
+                days = trade_book_days(book, today)
+                found.extend(compare_fills(stored, store.filled_by_fills(account), days=days))
         return found, compared, snapshots, started_us
 
     def _repair(
