@@ -47,7 +47,7 @@ def test_every_window_holds_at_most_its_limit() -> None:
 
 
 def test_the_backfill_share_leaves_headroom_under_upstox_limits() -> None:
-    for ours, theirs in zip(BACKFILL_SHARE.windows(), UPSTOX_LIMITS.windows()):
+    for ours, theirs in zip(BACKFILL_SHARE.windows(), UPSTOX_LIMITS.windows(), strict=True):
         assert ours[0] == theirs[0]
         assert ours[1] <= theirs[1] * 0.5
     assert budget_for("AB1234") is budget_for("AB1234")
