@@ -58,6 +58,7 @@ class BackfillResult:
     failed: int = 0  #: orders whose read failed (they stay queued)
     calls: int = 0  #: Upstox requests made
     pending: int = 0  #: orders still queued afterwards
+    trade_book_read: bool = False  #: the day's trade book was read and recorded
     #: "done", "time" (slice used up), "budget" (rate budget exhausted) or "failed" (reads failed)
     stopped: str = "done"
     errors: list[str] = field(default_factory=list)
@@ -137,6 +138,7 @@ def run_backfill(
         received = datetime.now(timezone.utc)
         written = store.record_trade_book(account, reader.get_trades(), received)
         result.trades_added += written.inserted
+        result.trade_book_read = True
     tried: set[str] = set()  # a failed order waits for the next call, not for this loop to spin
     while True:
         queued = [

@@ -41,7 +41,14 @@ from airflow_provider_upstox.assets import ASSET_KINDS, portfolio_asset, stream_
 from airflow_provider_upstox.exceptions import UpstoxAuthenticationError, UpstoxError
 from airflow_provider_upstox.market_hours import next_stop_deadline, parse_stop_at
 from airflow_provider_upstox.models.events import BatchEvent, ErrorEvent, IdleEvent, StreamEvent, decode_event
-from airflow_provider_upstox.models.updates import SNAPSHOT, STREAM, Update, normalize_update_types, now_us
+from airflow_provider_upstox.models.updates import (
+    ORDER,
+    SNAPSHOT,
+    STREAM,
+    Update,
+    normalize_update_types,
+    now_us,
+)
 from airflow_provider_upstox.operators._db import load_progress, open_store, save_progress
 from airflow_provider_upstox.operators.stop_rules import StopRules, StreamProgress, optional_number
 from airflow_provider_upstox.store import ApplyResult
@@ -78,6 +85,8 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         :mod:`airflow_provider_upstox.backfill`); the to-do list is in the database.
     :param backfill_time_slice: most seconds of backfill per wake-up (the trigger's parked stream
         keeps reading meanwhile); what is left is read at the next wake-ups.
+    :param trade_book_interval: the day's trade book (every fill, with its trade id) is read after
+        each snapshot, and at most this often (seconds) after live order updates showed new fills.
     """
 
     template_fields: Sequence[str] = (
@@ -107,6 +116,7 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         emit_assets: bool = True,
         backfill_history: bool = True,
         backfill_time_slice: float = 5.0,
+        trade_book_interval: float = 5.0,
         **kwargs: Any,
     ) -> None:
         if emit_assets and "outlets" not in kwargs:
@@ -124,6 +134,7 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         self.emit_assets = emit_assets
         self.backfill_history = backfill_history
         self.backfill_time_slice = backfill_time_slice
+        self.trade_book_interval = trade_book_interval
         # Fail at parse time for literal values; templated ones are checked again after rendering.
         if not _is_template(update_types):
             normalize_update_types(update_types)
@@ -262,6 +273,9 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
             log.debug("No update since %d; checking stop conditions", event.idle_since_us)
         else:
             log.debug("Woken by the deferral timeout; checking stop conditions")
+        if self.backfill_history and progress.account and not isinstance(event, ErrorEvent):
+            # A quiet market still owes the fills of its last live updates, and any queued history.
+            self._backfill(store, progress, progress.account, snapshot=False)
         return None
 
     def _persist_batch(self, store: Any, progress: StreamProgress, event: BatchEvent) -> int | None:
@@ -295,22 +309,43 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         ):
             applied[name] = applied.get(name, 0) + count
         log.info("Batch %d: %d updates for %s -> %s", progress.batches, len(updates), account, result)
-        if self.backfill_history and (snapshot or store.pending_history_backfill(account, limit=1)):
-            self._backfill(store, account, trade_book=snapshot)
+        if self.backfill_history:
+            if any(
+                u.source != SNAPSHOT and u.update_type == ORDER and u.data.get("filled_quantity")
+                for u in updates
+            ):
+                progress.fills_pending = True
+            self._backfill(store, progress, account, snapshot=snapshot)
         return max(u.seq for u in updates)
 
-    def _backfill(self, store: Any, account: str, *, trade_book: bool) -> None:
-        """One time slice of history backfill, after the batch's commit; never fails the task."""
+    def _backfill(self, store: Any, progress: StreamProgress, account: str, *, snapshot: bool) -> None:
+        """One time slice of history backfill, after the batch's commit; never fails the task.
+
+        The trade book is read after every snapshot, and at most every ``trade_book_interval``
+        seconds while live updates show new fills.
+        """
         from airflow_provider_upstox.backfill import run_backfill
         from airflow_provider_upstox.hooks.upstox import UpstoxHook
 
+        now = now_us()
+        due = progress.fills_pending and now - progress.trade_book_at_us >= self.trade_book_interval * 1e6
+        if not (snapshot or due or store.pending_history_backfill(account, limit=1)):
+            return
         try:
             with UpstoxHook(upstox_conn_id=self.upstox_conn_id).get_conn() as client:
-                run_backfill(
-                    store, client, account, time_limit=float(self.backfill_time_slice), trade_book=trade_book
+                result = run_backfill(
+                    store,
+                    client,
+                    account,
+                    time_limit=float(self.backfill_time_slice),
+                    trade_book=snapshot or due,
                 )
         except UpstoxError as exc:  # the queue is in the database: the next wake-up goes on
             log.warning("History backfill of %s paused: %s", account, exc)
+            return
+        if result.trade_book_read:
+            progress.trade_book_at_us = now
+            progress.fills_pending = False
 
     def _lookup_account(self) -> str:
         from airflow_provider_upstox.hooks.upstox import UpstoxHook

@@ -44,6 +44,10 @@ class StreamProgress:
     errors: int = 0
     #: the highest update seq committed in this try (``0``: none), passed to each re-deferral's trigger
     acked_seq: int = 0
+    #: a live order update showed a fill since the day's trade book was last read (history backfill)
+    fills_pending: bool = False
+    #: when the trade book was last read (epoch µs; ``0``: not in this try)
+    trade_book_at_us: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
