@@ -207,16 +207,9 @@ def create_app() -> FastAPI:
             if not wrong_keys.take():
                 return _error(429, "too many requests")
             return _error(404, "not found")
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != "application/json":
-            return _error(415, "send application/json")
-        body = await _read_limited(request, notifier.MAX_BODY)
-        if body is None:
-            return _error(413, f"body larger than {notifier.MAX_BODY} bytes")
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            return _error(400, "the body is not valid JSON")
+        payload = await _json_body(request, notifier.MAX_BODY)
+        if isinstance(payload, JSONResponse):
+            return payload
         try:
             delivery = notifier.parse_delivery(payload)
             # Only well-formed deliveries reach the DB and Upstox: those are what the bucket limits.
@@ -237,16 +230,9 @@ def create_app() -> FastAPI:
             if not postback.wrong_keys.take():
                 return _error(429, "too many requests")
             return _error(404, "not found")
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != "application/json":
-            return _error(415, "send application/json")
-        body = await _read_limited(request, postbacks.MAX_BODY)
-        if body is None:
-            return _error(413, f"body larger than {postbacks.MAX_BODY} bytes")
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            return _error(400, "the body is not valid JSON")
+        payload = await _json_body(request, postbacks.MAX_BODY)
+        if isinstance(payload, JSONResponse):
+            return payload
         try:
             await postback.accept(conn, payload)
         except postbacks.PostbackRejected as exc:
@@ -265,6 +251,21 @@ def _hide_code_from_access_log(request: Request) -> None:
     if b"code=" in query:
         pairs = [(k, "***" if k == "code" else v) for k, v in parse_qsl(query.decode("latin-1"), True)]
         request.scope["query_string"] = urlencode(pairs).encode()
+
+
+async def _json_body(request: Request, limit: int) -> Any:
+    """The decoded JSON body of a webhook delivery, or the refusal to answer: 415 (not
+    ``application/json``), 413 (over *limit* bytes), 400 (not JSON)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        return _error(415, "send application/json")
+    body = await _read_limited(request, limit)
+    if body is None:
+        return _error(413, f"body larger than {limit} bytes")
+    try:
+        return json.loads(body)
+    except ValueError:
+        return _error(400, "the body is not valid JSON")
 
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:

@@ -36,7 +36,10 @@ def test_one_task_and_one_watcher_per_account(dagbag) -> None:
     # asset events, plus a catch-up run every 5 minutes (apache/airflow#56050)
     assert type(events.timetable).__name__ == "AssetOrTimeSchedule"
     assert events.timetable.timetable.expression == "*/5 * * * *"
-    (task,) = events.tasks
+    task = events.get_task("persist_events")
+    backfills = sorted(t.task_id for t in task.downstream_list)
+    assert backfills == ["backfill_history__upstox_default", "backfill_history__upstox_second"]
+    assert sorted(events.task_ids) == sorted(["persist_events", *backfills])
     watchers = [w for asset in task.inlets for w in asset.watchers]
     assert sorted(w.name for w in watchers) == [
         "upstox_watcher__upstox_default",
