@@ -414,7 +414,7 @@ class RowResult:
     duplicates: int = 0
     recover_s: float | None = None
     history_s: float | None = None  #: heal -> every state and fill stored
-    unseen_live: int = 0  #: order states neither the stream nor a snapshot delivered (the gap to fill)
+    unseen_live: int | None = None  #: order states neither the stream nor a snapshot delivered
     reconnects: int = 0
     failed_tries: int = 0
     rejected: int = 0
@@ -682,7 +682,7 @@ def markdown_table(rows: list[RowResult]) -> str:
             else _figure(r.history_s, "{:.1f}")
         )
         lines.append(
-            f"| {r.fault} | {r.sent} | {r.missed_while_away} | {r.recovered_by_snapshot} | {r.unseen_live} "
+            f"| {r.fault} | {r.sent} | {r.missed_while_away} | {r.recovered_by_snapshot} | {_figure(r.unseen_live)} "
             f"| {r.lost_intermediate} | {_figure(r.fills_missing)} | {_figure(r.only_history)} "
             f"| {_figure(r.only_postback)} | {r.mismatches} | {r.duplicates} | {recover} | {complete} "
             f"| {r.failed_tries} |"
