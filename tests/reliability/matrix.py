@@ -682,7 +682,8 @@ def markdown_table(rows: list[RowResult]) -> str:
             else _figure(r.history_s, "{:.1f}")
         )
         lines.append(
-            f"| {r.fault} | {r.sent} | {r.missed_while_away} | {r.recovered_by_snapshot} | {_figure(r.unseen_live)} "
+            f"| {r.fault} | {r.sent} | {r.missed_while_away} | {r.recovered_by_snapshot} "
+            f"| {_figure(r.unseen_live)} "
             f"| {r.lost_intermediate} | {_figure(r.fills_missing)} | {_figure(r.only_history)} "
             f"| {_figure(r.only_postback)} | {r.mismatches} | {r.duplicates} | {recover} | {complete} "
             f"| {r.failed_tries} |"
