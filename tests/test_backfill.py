@@ -180,3 +180,18 @@ def test_order_trades_endpoint_shape(simulator: RunningSimulator, client: Upstox
     assert client.get_order_trades(unfilled) == []
     with pytest.raises(Exception, match="UDAPI100010"):
         client.get_order_trades("999")
+
+
+def test_the_simulator_answers_429_over_upstox_limits(simulator: RunningSimulator) -> None:
+    import httpx
+
+    simulator.control.requests(enforce=True, reset=True)
+    headers = {"Authorization": f"Bearer {simulator.token}", "Accept": "application/json"}
+    with httpx.Client(base_url=simulator.base_url, headers=headers, timeout=10) as http:
+        answers = [http.get("/v2/order/trades/get-trades-for-day") for _ in range(70)]
+    refused = [a for a in answers if a.status_code == 429]
+    assert refused  # 70 requests within a second or so: over 50/s
+    assert refused[0].json()["errors"][0]["errorCode"] == "UDAPI10005"
+    counts = simulator.control.requests()["accounts"][ACCOUNT]
+    assert counts["peaks"]["1s"] <= 50
+    assert counts["refused"] == len(refused)
