@@ -132,3 +132,10 @@ def budget_for(account: str, limits: Limits = BACKFILL_SHARE) -> RateBudget:
         if budget is None:
             budget = _BUDGETS[(account, limits)] = RateBudget(limits)
         return budget
+
+
+def forget_budgets() -> None:
+    """Drop every process-wide budget (a test harness whose rows simulate fresh accounts that
+    happen to share a user id)."""
+    with _BUDGETS_LOCK:
+        _BUDGETS.clear()

@@ -508,9 +508,11 @@ async def run_row(
     fault: Fault, *, seed: int = 1, rate: float = 40.0, warmup: float = 2.0, recover_timeout: float = 40.0
 ) -> RowResult:
     """Run one fault row end to end; see the module docstring for the timeline and the figures."""
+    from airflow_provider_upstox.client.budget import forget_budgets
     from airflow_provider_upstox.triggers.handoff import registry
 
     _configure_trigger()
+    forget_budgets()  # each row's simulator is a fresh account: its calls start a fresh budget
     result = RowResult(fault.name)
     store_url = create_database()
     result.store_url = store_url
