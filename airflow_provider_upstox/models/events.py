@@ -1,9 +1,11 @@
 """The trigger -> operator contract: what ``UpstoxPortfolioStreamTrigger`` tells its consumers.
 
-Every trigger event payload is one of three ``msgspec`` structs, tagged by ``status``:
+Every trigger event payload is one of four ``msgspec`` structs, tagged by ``status``:
 
 * :class:`BatchEvent` (``"batch"``): updates to persist, with the account they belong to;
 * :class:`IdleEvent` (``"idle"``): deferral mode only, no update for ``idle_timeout`` seconds;
+* :class:`TokenWaitEvent` (``"token_wait"``): Upstox refused the access token; the stream waits for
+  a new token in the connection (see :mod:`airflow_provider_upstox.triggers.token_wait`);
 * :class:`ErrorEvent` (``"error"``): the stream failed; its :class:`ErrorKind` says whether
   re-deferring or retrying can help (:attr:`ErrorKind.fatal`).
 
@@ -53,6 +55,8 @@ class ErrorKind(str, enum.Enum):  # not StrEnum: Python 3.10 is supported
     """What failed, as sent in an error event's ``error_type``: exactly the values the trigger sends."""
 
     #: Upstox refused the access token (401/403, ``UDAPI100050``): fatal until the token is replaced.
+    #: The trigger now reports a refusal as a :class:`TokenWaitEvent` and waits; this kind remains
+    #: for events queued by earlier versions.
     AUTHENTICATION = "authentication"
     #: Anything that is not an Upstox failure: a missing or invalid connection, a bug. Fatal.
     CONFIGURATION = "configuration"
@@ -147,8 +151,34 @@ class ErrorEvent(msgspec.Struct, tag_field="status", tag="error", kw_only=True):
         )
 
 
+class TokenWaitEvent(msgspec.Struct, tag_field="status", tag="token_wait", kw_only=True):
+    """Upstox refused the access token: the stream waits until the connection holds another one.
+
+    One *refusal episode* per refused token: it starts at ``since_us`` (epoch µs UTC) and ends when
+    the stream is connected again. Meanwhile nothing is sent to Upstox with the refused token except
+    a rare probe (the last one at ``probed_at_us``; ``probes`` made since the refusal). Sent when an
+    episode starts and, in deferral mode, as a heartbeat while it lasts; the continuous operator
+    passes it back to its next trigger (``token_wait``), so the episode survives re-deferrals.
+
+    ``refused_fingerprint`` tells the refused token from a new one: 16 hex digits of its SHA-256,
+    not a secret (see ``UpstoxHook.atoken_fingerprint``). ``message`` is the refusal's redacted text.
+    """
+
+    refused_fingerprint: str | None
+    since_us: int
+    probed_at_us: int
+    probes: int = 0
+    message: str = ""
+    account: str | None = None
+
+    @property
+    def episode(self) -> str:
+        """Identifies the episode: the same refused token since the same moment."""
+        return f"{self.refused_fingerprint}@{self.since_us}"
+
+
 #: Every event the trigger sends.
-StreamEvent: TypeAlias = BatchEvent | IdleEvent | ErrorEvent
+StreamEvent: TypeAlias = BatchEvent | IdleEvent | TokenWaitEvent | ErrorEvent
 
 
 def exception_text(exc: BaseException) -> str:

@@ -16,19 +16,29 @@ read starts that much earlier and skips those ids, so an event committed late wi
 older timestamp (another scheduler or triggerer, clock skew) is still picked up. A second run for
 the same events, or a crash between apply and watermark, replays batches the store already has:
 harmless, the store is idempotent.
+
+A watcher whose token Upstox refused sends one ``TokenWaitEvent`` per refusal episode (it then
+waits for a new token in the connection by itself): it is counted, logged, and handed to the
+optional ``on_token_refused`` notifier, the watcher path's one notifier call per episode.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from airflow.sdk import Asset, BaseOperator
 
-from airflow_provider_upstox.models.events import BatchEvent, ErrorEvent, InvalidEventError, decode_event
+from airflow_provider_upstox.models.events import (
+    BatchEvent,
+    ErrorEvent,
+    InvalidEventError,
+    TokenWaitEvent,
+    decode_event,
+)
 from airflow_provider_upstox.models.updates import SNAPSHOT, Update
 from airflow_provider_upstox.operators._db import load_progress, open_store, save_progress
 
@@ -52,6 +62,7 @@ def persist_asset_events(
     sql_conn_id: str = "upstox_db",
     *,
     drain_seconds: float = DRAIN_SECONDS,
+    on_token_refused: Callable[[TokenWaitEvent], Any] | None = None,
 ) -> dict[str, Any]:
     """Apply every not yet persisted event of *asset* to the store; one call per task.
 
@@ -61,9 +72,12 @@ def persist_asset_events(
 
     The task must declare *asset* in its ``inlets``.
 
+    :param on_token_refused: called once per ``TokenWaitEvent`` read (one per refusal episode of
+        the watcher), after the events before it are persisted.
     :returns: counts: ``events`` applied, ``batches`` among them, ``updates``, ``errors`` (error
-        events the watcher reported), ``invalid`` (events whose payload is not a decodable event
-        with an account: logged and skipped), ``foreign`` (events without a trigger payload, e.g.
+        events the watcher reported), ``token_refusals`` (refusal episodes the watcher reported),
+        ``invalid`` (events whose payload is not a decodable event with an account: logged and
+        skipped), ``foreign`` (events without a trigger payload, e.g.
         created by hand: skipped), ``skipped`` (events read that an earlier call had applied),
         ``passes`` (reads made), and the new watermark.
     """
@@ -74,8 +88,20 @@ def persist_asset_events(
     recent: dict[int, str] = {int(k): v for k, v in (mark.get("recent") or {}).items()}
     accessor = context["inlet_events"][asset]
     counts = dict.fromkeys(
-        ("events", "batches", "updates", "errors", "invalid", "foreign", "skipped", "passes"), 0
+        (
+            "events",
+            "batches",
+            "updates",
+            "errors",
+            "token_refusals",
+            "invalid",
+            "foreign",
+            "skipped",
+            "passes",
+        ),
+        0,
     )
+    refusals: list[TokenWaitEvent] = []
     pending: dict[str, list[Update]] = {}
     pending_size = 0
     last: Any = None
@@ -122,7 +148,7 @@ def persist_asset_events(
             fresh += 1
             handled.add(event.id)
             recent[event.id] = event.timestamp.isoformat()
-            pending_size += _queue_updates(event, asset, pending, counts)
+            pending_size += _queue_updates(event, asset, pending, counts, refusals)
             last = event
             if pending_size >= CHUNK_UPDATES:
                 flush()
@@ -130,13 +156,26 @@ def persist_asset_events(
         if not fresh or time.monotonic() >= deadline:
             break
     counts["events"], counts["skipped"] = len(handled), len(skipped)
+    for refusal in refusals:
+        if on_token_refused is None:
+            break
+        try:
+            on_token_refused(refusal)
+        except Exception:  # a broken notifier must not hold the watermark back
+            log.exception("The on_token_refused notifier of %s failed", asset.name)
     if last is not None:
         counts["watermark_event_id"] = last.id
     log.info("Persisted asset events of %s: %s", asset.name, counts)
     return counts
 
 
-def _queue_updates(event: Any, asset: Asset, pending: dict[str, list[Update]], counts: dict[str, int]) -> int:
+def _queue_updates(
+    event: Any,
+    asset: Asset,
+    pending: dict[str, list[Update]],
+    counts: dict[str, int],
+    refusals: list[TokenWaitEvent],
+) -> int:
     """Queue the updates of one asset event under its account; returns how many were queued.
 
     A bad event is counted and skipped, not raised: raising would hold the watermark before it
@@ -164,6 +203,15 @@ def _queue_updates(event: Any, asset: Asset, pending: dict[str, list[Update]], c
             stream_event.message,
         )
         return 0
+    if isinstance(stream_event, TokenWaitEvent):
+        counts["token_refusals"] += 1
+        refusals.append(stream_event)
+        log.info(
+            "The watcher of %s reported a refused access token (account %s): it waits for a new token",
+            asset.name,
+            stream_event.account,
+        )
+        return 0
     if not isinstance(stream_event, BatchEvent) or not stream_event.updates:
         return 0
     updates = stream_event.updates
@@ -183,15 +231,48 @@ class UpstoxPersistAssetEventsOperator(BaseOperator):
 
     :param assets: the watched assets (``assets.watched_asset(...)``); also become the task's inlets.
     :param sql_conn_id: the store's SQL connection.
+    :param on_token_refused: an Airflow notifier (``BaseNotifier``) or callable taking the context,
+        called once per refusal episode a watcher reported; the context also holds
+        ``upstox_token_refused`` (asset, account, since, the refusal's text: no secret).
     """
 
     template_fields: Sequence[str] = ("sql_conn_id",)
 
-    def __init__(self, *, assets: Sequence[Asset], sql_conn_id: str = "upstox_db", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        assets: Sequence[Asset],
+        sql_conn_id: str = "upstox_db",
+        on_token_refused: Callable[[Any], Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("inlets", list(assets))
         super().__init__(**kwargs)
         self.assets = list(assets)
         self.sql_conn_id = sql_conn_id
+        self.on_token_refused = on_token_refused
 
     def execute(self, context: Any) -> dict[str, Any]:
-        return {asset.name: persist_asset_events(context, asset, self.sql_conn_id) for asset in self.assets}
+        return {
+            asset.name: persist_asset_events(
+                context, asset, self.sql_conn_id, on_token_refused=self._notifier(context, asset)
+            )
+            for asset in self.assets
+        }
+
+    def _notifier(self, context: Any, asset: Asset) -> Callable[[TokenWaitEvent], None] | None:
+        notifier = self.on_token_refused
+        if notifier is None:
+            return None
+
+        def notify(event: TokenWaitEvent) -> None:
+            since = datetime.fromtimestamp(event.since_us / 1e6, timezone.utc).isoformat(timespec="seconds")
+            details = {
+                "asset": asset.name,
+                "account": event.account,
+                "since": since,
+                "message": event.message,
+            }
+            notifier({**context, "upstox_token_refused": details})
+
+        return notify

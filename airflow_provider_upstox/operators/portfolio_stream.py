@@ -18,6 +18,13 @@ parked stream re-emits the last batch it yielded unless ``acked_seq`` covers it.
 (``execute``) passes ``0`` (nothing committed), so a batch whose try died before its commit is
 delivered again.
 
+A refused access token (they all die at 03:30 India time) does not fail the task unless
+``fail_on_token_refused`` asks for it: the trigger reports a ``TokenWaitEvent``, the operator logs
+one warning, counts one metric and calls the ``on_token_refused`` notifier once per refusal episode,
+keeps the episode in the progress record and re-defers into a trigger that waits for a new token in
+the connection, then reconnects (with the snapshot recovery) by itself
+(:mod:`airflow_provider_upstox.triggers.token_wait`).
+
 On a silent market no trigger event comes, so each deferral carries a timeout equal to the time
 left before a stop condition could become true; :meth:`resume_execution` turns that timeout into
 a wake-up instead of a failure.
@@ -30,7 +37,7 @@ counts, account and time range as ``extra``. See :mod:`airflow_provider_upstox.a
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -40,7 +47,15 @@ from airflow.sdk.bases.operator import TriggerFailureReason
 from airflow_provider_upstox.assets import ASSET_KINDS, portfolio_asset, stream_alias
 from airflow_provider_upstox.exceptions import UpstoxAuthenticationError, UpstoxError
 from airflow_provider_upstox.market_hours import next_stop_deadline, parse_stop_at
-from airflow_provider_upstox.models.events import BatchEvent, ErrorEvent, IdleEvent, StreamEvent, decode_event
+from airflow_provider_upstox.models.events import (
+    BatchEvent,
+    ErrorEvent,
+    IdleEvent,
+    StreamEvent,
+    TokenWaitEvent,
+    decode_event,
+    encode_event,
+)
 from airflow_provider_upstox.models.updates import (
     ORDER,
     SNAPSHOT,
@@ -52,6 +67,13 @@ from airflow_provider_upstox.models.updates import (
 from airflow_provider_upstox.operators._db import load_progress, open_store, save_progress
 from airflow_provider_upstox.operators.stop_rules import StopRules, StreamProgress, optional_number
 from airflow_provider_upstox.store import ApplyResult
+from airflow_provider_upstox.triggers.token_wait import (
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_PROBE_INTERVAL,
+    note_token_renewed,
+    token_wait_from_json,
+    warn_token_refused,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +102,17 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         snapshot taken on each connect is not activity).
     :param max_batches: stop after persisting this many non-empty batches.
     :param emit_assets: emit asset events for the kinds persisted (needs the default outlet).
+    :param fail_on_token_refused: fail the task when Upstox refuses the access token (the behaviour
+        before the stream learned to wait). Default ``False``: wait for a new token in the
+        connection and resume by itself.
+    :param on_token_refused: an Airflow notifier (``BaseNotifier``) or any callable taking the
+        context, called once per refusal episode; the context also holds ``upstox_token_refused``
+        (connection id, account, since, the refusal's text: no secret). Its failure is logged, not
+        raised.
+    :param token_poll_interval: seconds between re-reads of the connection while waiting for a new
+        token (a new token is picked up within this plus one connect).
+    :param token_probe_interval: least seconds between two calls to Upstox with a refused token
+        (default 15 minutes).
     :param backfill_history: after a batch with snapshot rows (every reconnect), queue the orders
         whose snapshot state the store never saw and read their history and fills (see
         :mod:`airflow_provider_upstox.backfill`); the to-do list is in the database.
@@ -114,6 +147,10 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         stop_after_idle: float | str | None = None,
         max_batches: int | str | None = None,
         emit_assets: bool = True,
+        fail_on_token_refused: bool = False,
+        on_token_refused: Callable[[Any], Any] | None = None,
+        token_poll_interval: float = DEFAULT_POLL_INTERVAL,
+        token_probe_interval: float = DEFAULT_PROBE_INTERVAL,
         backfill_history: bool = True,
         backfill_time_slice: float = 5.0,
         trade_book_interval: float = 5.0,
@@ -132,6 +169,12 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         self.stop_after_idle = stop_after_idle
         self.max_batches = max_batches
         self.emit_assets = emit_assets
+        self.fail_on_token_refused = fail_on_token_refused
+        self.on_token_refused = on_token_refused
+        if token_poll_interval <= 0 or token_probe_interval <= 0:
+            raise ValueError("token_poll_interval and token_probe_interval must be positive")
+        self.token_poll_interval = float(token_poll_interval)
+        self.token_probe_interval = float(token_probe_interval)
         self.backfill_history = backfill_history
         self.backfill_time_slice = backfill_time_slice
         self.trade_book_interval = trade_book_interval
@@ -153,7 +196,7 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         ti = context["ti"]
         return f"stream:{ti.dag_id}/{ti.task_id}/{ti.run_id}/{ti.map_index}"
 
-    def _trigger(self, rules: StopRules, acked_seq: int) -> Any:
+    def _trigger(self, rules: StopRules, progress: StreamProgress) -> Any:
         from airflow_provider_upstox.triggers.portfolio_stream import UpstoxPortfolioStreamTrigger
 
         idle_timeout = float(optional_number(self.idle_timeout, "idle_timeout") or 60.0)
@@ -167,13 +210,16 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
             max_batch_size=int(optional_number(self.max_batch_size, "max_batch_size", integer=True) or 500),
             max_batch_wait=float(optional_number(self.max_batch_wait, "max_batch_wait") or 1.0),
             idle_timeout=idle_timeout,
-            acked_seq=acked_seq,
+            acked_seq=progress.acked_seq,
+            token_wait=progress.token_wait,
+            token_poll_interval=self.token_poll_interval,
+            token_probe_interval=self.token_probe_interval,
         )
 
     def _defer(self, progress: StreamProgress, rules: StopRules) -> None:
         wait = rules.wake_after(progress, now_us())
         self.defer(
-            trigger=self._trigger(rules, progress.acked_seq),
+            trigger=self._trigger(rules, progress),
             method_name="execute_complete",
             timeout=None if wait is None else timedelta(seconds=wait),
         )
@@ -227,7 +273,7 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         loaded = load_progress(store, key)
         progress = StreamProgress.from_json(loaded) if loaded else StreamProgress(now_us(), now_us())
         progress.events += 1
-        committed = self._handle_event(store, progress, event)
+        committed = self._handle_event(context, store, progress, event)
         if committed is not None:
             progress.acked_seq = max(progress.acked_seq, committed)
         # Saved after the batch's commit, so acked_seq never runs ahead of what is in the store.
@@ -254,8 +300,19 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         }
 
     # ---------------------------------------------------------------- internals
-    def _handle_event(self, store: Any, progress: StreamProgress, event: StreamEvent | None) -> int | None:
+    def _handle_event(
+        self, context: Any, store: Any, progress: StreamProgress, event: StreamEvent | None
+    ) -> int | None:
         """Persist a batch event (or account for another kind); the highest seq committed, if any."""
+        if isinstance(event, TokenWaitEvent):
+            self._token_wait(context, progress, event)
+            return None
+        if isinstance(event, (BatchEvent, IdleEvent)) and progress.token_wait is not None:
+            # The trigger only sends these once connected: the refusal episode is over.
+            episode = token_wait_from_json(progress.token_wait)
+            if episode is not None:
+                note_token_renewed(self.upstox_conn_id, episode)
+            progress.token_wait = None
         if isinstance(event, BatchEvent):
             return self._persist_batch(store, progress, event)
         if isinstance(event, ErrorEvent):
@@ -277,6 +334,41 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
             # A quiet market still owes the fills of its last live updates, and any queued history.
             self._backfill(store, progress, progress.account, snapshot=False)
         return None
+
+    def _token_wait(self, context: Any, progress: StreamProgress, event: TokenWaitEvent) -> None:
+        """Record the refusal episode; report it (warning, metric, notifier) only when it is new."""
+        if self.fail_on_token_refused:
+            raise UpstoxPortfolioStreamFatalError(
+                f"Upstox refused the access token of connection {self.upstox_conn_id!r} "
+                f"(fail_on_token_refused=True): {event.message}"
+            )
+        if event.account:
+            progress.account = event.account
+        elif progress.account:  # refused before the profile read told the trigger whose token it was
+            event.account = progress.account
+        known = token_wait_from_json(progress.token_wait)
+        progress.token_wait = encode_event(event)
+        if known is not None and known.episode == event.episode:
+            log.info(
+                "Still waiting for a new access token in %r (since %s, %d probes)",
+                self.upstox_conn_id,
+                _iso(event.since_us),
+                event.probes,
+            )
+            return
+        progress.token_refusals += 1
+        warn_token_refused(self.upstox_conn_id, event)
+        if self.on_token_refused is not None:
+            details = {
+                "conn_id": self.upstox_conn_id,
+                "account": event.account,
+                "since": _iso(event.since_us),
+                "message": event.message,
+            }
+            try:
+                self.on_token_refused({**context, "upstox_token_refused": details})
+            except Exception:  # a broken notifier must not stop the stream
+                log.exception("The on_token_refused notifier of %r failed", self.upstox_conn_id)
 
     def _persist_batch(self, store: Any, progress: StreamProgress, event: BatchEvent) -> int | None:
         updates = event.updates
@@ -370,6 +462,10 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
                     "last_event_at_us": progress.last_event_at_us,
                 },
             )
+
+
+def _iso(epoch_us: int) -> str:
+    return datetime.fromtimestamp(epoch_us / 1e6, timezone.utc).isoformat(timespec="seconds")
 
 
 def _is_template(value: Any) -> bool:

@@ -44,6 +44,10 @@ class StreamProgress:
     errors: int = 0
     #: the highest update seq committed in this try (``0``: none), passed to each re-deferral's trigger
     acked_seq: int = 0
+    #: the refusal episode the stream is in (a ``TokenWaitEvent`` payload), passed to each trigger
+    token_wait: dict[str, Any] | None = None
+    #: refusal episodes seen in this try
+    token_refusals: int = 0
     #: a live order update showed a fill since the day's trade book was last read (history backfill)
     fills_pending: bool = False
     #: when the trade book was last read (epoch µs; ``0``: not in this try)

@@ -153,7 +153,7 @@ class SimulatedAuth:
         """The login endpoints and ``/_sim/auth`` (see :mod:`.routing`)."""
 
         async def upstox(req: HttpRequest) -> Response:
-            return await self.handle(req.request, req.path, getattr(req.conn, "request_body", b""))
+            return await self.handle(req.method, req.request, req.path, req.body)
 
         async def control(req: HttpRequest) -> Response:
             return await self.control(req.method, req.path, _params(req.query))
@@ -165,13 +165,13 @@ class SimulatedAuth:
             Route(CONTROL_PREFIX, control, methods=ANY_METHOD, prefix=True),
         ]
 
-    async def handle(self, request: Request, path: str, body: bytes) -> Response:
+    async def handle(self, method: str, request: Request, path: str, body: bytes) -> Response:
         query = parse_qs(urlsplit(request.path).query, keep_blank_values=True)
-        if path == DIALOG_PATH and request.method == "GET":
+        if path == DIALOG_PATH and method == "GET":
             return self._dialog(query)
-        if path == CODE_EXCHANGE_PATH and request.method == "POST":
+        if path == CODE_EXCHANGE_PATH and method == "POST":
             return self._exchange(body)
-        if path.startswith(TOKEN_REQUEST_PREFIX) and request.method == "POST":
+        if path.startswith(TOKEN_REQUEST_PREFIX) and method == "POST":
             return self._token_request(path[len(TOKEN_REQUEST_PREFIX) :], request, body)
         return h.error(405, h.NOT_FOUND)
 

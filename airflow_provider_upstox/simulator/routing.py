@@ -32,6 +32,7 @@ class HttpRequest:
     query: dict[str, list[str]]
     request: Request  #: the raw request (headers)
     conn: ServerConnection  #: the connection it came on (the socket handshake keys on it)
+    body: bytes = b""  #: the request body (see :mod:`.request_body`)
 
 
 Handler = Callable[[HttpRequest], Awaitable[Response | None]]

@@ -325,7 +325,10 @@ class UpstoxSimulator:
         self.counters.http_requests += 1
         parts = urlsplit(request.path)
         query = parse_qs(parts.query, keep_blank_values=True)
-        return await self.router.dispatch(HttpRequest(request.method, parts.path, query, request, conn))
+        # Method and body as BodyReadingConnection read them: websockets < 17 has no Request.method.
+        assert isinstance(conn, BodyReadingConnection)
+        method, body = conn.request_method, conn.request_body
+        return await self.router.dispatch(HttpRequest(method, parts.path, query, request, conn, body))
 
     # ------------------------------------------------------------------ WebSocket
 

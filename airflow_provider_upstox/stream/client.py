@@ -309,7 +309,9 @@ class PortfolioStreamClient:
             except UpstoxAuthenticationError as exc:
                 self.stats.auth_failures += 1
                 self.stats.last_error = _describe(exc)
-                log.error("Upstox portfolio stream stopped: the access token was refused: %s", exc)
+                # INFO: the consumer decides what a refusal means (the trigger waits for a new token
+                # and logs the episode's one warning), so this is not reported twice.
+                log.info("Upstox portfolio stream stopped: the access token was refused: %s", exc)
                 self._buffer.set_error(exc)
                 return
             except BufferClosedError:
@@ -340,7 +342,7 @@ class PortfolioStreamClient:
             raise UpstoxStreamProtocolError(f"the stream handshake was refused with HTTP {status}") from None
         except InvalidURI:
             raise UpstoxStreamProtocolError("the authorized stream URL is not a WebSocket URL") from None
-        except (InvalidHandshake, OSError, TimeoutError) as exc:
+        except (InvalidHandshake, OSError, asyncio.TimeoutError) as exc:  # 3.10: not TimeoutError
             raise UpstoxStreamProtocolError(f"could not open the stream ({type(exc).__name__})") from None
         assert isinstance(ws, _Connection)
         return ws

@@ -50,6 +50,8 @@ class StreamLease:
     stream: PortfolioStreamClient
     rest: _Closeable
     account: str | None
+    #: fingerprint of the access token the stream authorizes with (a refusal refers to this token)
+    token_fingerprint: str | None = None
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     #: how many trigger instances have taken this stream over
     handoffs: int = 0

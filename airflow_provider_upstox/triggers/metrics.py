@@ -34,3 +34,14 @@ def report(lease: StreamLease, batch_size: int, lag_ms: float | None) -> None:
     if lag_ms is not None:
         _stats.timing(f"{PREFIX}.lag", lag_ms)
     _stats.gauge(f"{PREFIX}.pending", lease.stream.pending)
+
+
+def report_token_refused(conn_id: str) -> None:
+    """One refusal episode began (once per refused token, not per retry)."""
+    _stats.incr(f"{PREFIX}.token_refused", tags={"conn_id": conn_id})
+
+
+def report_token_renewed(conn_id: str, waited_s: float) -> None:
+    """The stream is connected again after a refusal episode that lasted *waited_s* seconds."""
+    _stats.incr(f"{PREFIX}.token_renewed", tags={"conn_id": conn_id})
+    _stats.timing(f"{PREFIX}.token_wait", waited_s * 1000, tags={"conn_id": conn_id})

@@ -17,13 +17,23 @@ Two modes (``mode="auto"`` picks by whether a task deferred to the trigger):
   idle event lets the operator evaluate its stop conditions.
 * ``watch`` (an ``AssetWatcher``): run forever. Transient faults are absorbed by the stream client;
   a fatal one (:attr:`ErrorKind.fatal <airflow_provider_upstox.models.events.ErrorKind.fatal>`:
-  the token was refused, the connection is missing or invalid) yields one error event and then
-  waits ``auth_retry_delay`` seconds before trying again, because Airflow would restart a watcher
-  that returns or raises within about a second, with no backoff.
+  the connection is missing or invalid) yields one error event and then waits
+  ``auth_retry_delay`` seconds before trying again, because Airflow would restart a watcher that
+  returns or raises within about a second, with no backoff.
+
+A refused token (401/403/``UDAPI100050``, wherever it happens) is not an error but a state,
+*waiting for a new token* (:mod:`.token_wait`): no call to Upstox with that token but a rare probe,
+a re-read of the connection every ``token_poll_interval`` seconds, and a reconnect (with the
+snapshot recovery of every connect) as soon as the connection holds another token. A watcher waits
+in place, after one warning, one metric and one ``TokenWaitEvent`` per episode. In deferral mode the
+trigger yields a ``TokenWaitEvent`` when an episode begins; the operator records it and re-defers
+with it as ``token_wait``, and that trigger waits, yields the first batch after the reconnect, or a
+``TokenWaitEvent`` heartbeat after ``idle_timeout`` (a chance to check stop conditions).
 
 Events are the structs of :mod:`airflow_provider_upstox.models.events` (``BatchEvent``,
-``IdleEvent``, ``ErrorEvent``), sent as :func:`~airflow_provider_upstox.models.events.encode_event`
-payloads; consumers read them with :func:`~airflow_provider_upstox.models.events.decode_event`.
+``IdleEvent``, ``TokenWaitEvent``, ``ErrorEvent``), sent as
+:func:`~airflow_provider_upstox.models.events.encode_event` payloads; consumers read them with
+:func:`~airflow_provider_upstox.models.events.decode_event`.
 """
 
 from __future__ import annotations
@@ -37,7 +47,12 @@ from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
 from airflow_provider_upstox.client import AsyncUpstoxClient
 from airflow_provider_upstox.client.aio import ashared_ssl_context
-from airflow_provider_upstox.hooks.upstox import UpstoxHook, snapshot_reader
+from airflow_provider_upstox.hooks.upstox import (
+    UpstoxHook,
+    is_token_refusal,
+    snapshot_reader,
+    token_fingerprint,
+)
 from airflow_provider_upstox.models.events import (
     BatchEvent,
     ErrorEvent,
@@ -45,6 +60,7 @@ from airflow_provider_upstox.models.events import (
     EventStats,
     IdleEvent,
     StreamEvent,
+    TokenWaitEvent,
     encode_event,
     exception_text,
 )
@@ -52,6 +68,15 @@ from airflow_provider_upstox.models.updates import STREAM, Update, normalize_upd
 from airflow_provider_upstox.stream import PortfolioStreamClient
 from airflow_provider_upstox.triggers.handoff import HandoffKey, StreamLease, registry
 from airflow_provider_upstox.triggers.metrics import report
+from airflow_provider_upstox.triggers.token_wait import (
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_PROBE_INTERVAL,
+    TokenWatch,
+    WaitOutcome,
+    note_token_renewed,
+    token_wait_from_json,
+    warn_token_refused,
+)
 
 try:  # the async masker: the sync one can deadlock the supervisor channel inside an event loop
     from airflow.sdk.log import amask_secret
@@ -86,11 +111,17 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
         (``0``: nothing, e.g. the first deferral of a try). A taken-over stream re-emits its last
         yielded updates above it before anything new. ``None``: the consumer does not acknowledge,
         nothing is re-emitted. Not a secret, a plain integer.
+    :param token_wait: deferral mode: the refusal episode the stream is in (the payload of the last
+        :class:`TokenWaitEvent`, as the operator recorded it): the trigger starts by waiting for a new
+        token instead of calling Upstox. ``None``: not waiting. Holds no secret.
+    :param token_poll_interval: seconds between re-reads of the connection while waiting.
+    :param token_probe_interval: least seconds between two calls with a refused token.
     """
 
     #: Seconds a released stream stays open for the next instance (0 disables the hand-off).
     handoff_linger: ClassVar[float] = 30.0
-    #: Seconds a watcher waits after a fatal error (refused token, bad connection) before retrying.
+    #: Seconds a watcher waits after a fatal error (a missing or invalid connection) before retrying;
+    #: a refused token is waited out differently (``token_poll_interval``, ``token_probe_interval``).
     auth_retry_delay: ClassVar[float] = 300.0
     #: Seconds a watcher waits after a transient failure to start a stream (e.g. profile read failed).
     error_retry_delay: ClassVar[float] = 5.0
@@ -109,6 +140,9 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
         mode: Mode = "auto",
         max_event_bytes: int = 256_000,
         acked_seq: int | None = None,
+        token_wait: dict[str, Any] | None = None,
+        token_poll_interval: float = DEFAULT_POLL_INTERVAL,
+        token_probe_interval: float = DEFAULT_PROBE_INTERVAL,
     ) -> None:
         super().__init__()
         if max_batch_size < 1:
@@ -127,7 +161,13 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
         self.mode: Mode = mode
         self.max_event_bytes = int(max_event_bytes)
         self.acked_seq = None if acked_seq is None else int(acked_seq)
+        self.token_wait = token_wait_from_json(token_wait)
+        self._tokens = TokenWatch(upstox_conn_id, float(token_poll_interval), float(token_probe_interval))
         self._lease: StreamLease | None = None
+        #: fingerprint of the token the last connect attempt used (what a refusal refers to)
+        self._used_fingerprint: str | None = None
+        #: the Upstox user id of the last stream, for events of attempts refused before the profile
+        self._account: str | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -141,6 +181,9 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
                 "mode": self.mode,
                 "max_event_bytes": self.max_event_bytes,
                 "acked_seq": self.acked_seq,
+                "token_wait": None if self.token_wait is None else encode_event(self.token_wait),
+                "token_poll_interval": self._tokens.poll_interval,
+                "token_probe_interval": self._tokens.probe_interval,
             },
         )
 
@@ -166,12 +209,52 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
     # -- modes ------------------------------------------------------------------------------------
 
     async def _run_deferral(self) -> AsyncIterator[TriggerEvent]:
-        try:
-            lease = await self._acquire()
-        except Exception as exc:
-            yield _trigger_event(self._error_event(exc, None))
+        wait = self.token_wait
+        deadline = asyncio.get_running_loop().time() + self.idle_timeout
+        while True:
+            if wait is not None and await self._tokens.wait(wait, deadline) is WaitOutcome.DEADLINE:
+                yield _trigger_event(wait)  # still waiting: a heartbeat, so stop rules get a look
+                return
+            try:
+                lease = await self._acquire()
+            except Exception as exc:
+                if not is_token_refusal(exc):
+                    yield _trigger_event(self._error_event(exc, None))
+                    return
+                refused = await self._tokens.after_refusal(exc, self._used_fingerprint, wait, self._account)
+                if refused is not None and refused is not wait:
+                    yield _trigger_event(refused)  # a new episode: the operator reports and records it
+                    return
+                wait = refused  # a failed probe (keep waiting) or already renewed (connect now)
+                continue
+            if wait is not None:
+                log.info("Connection %r: connected again after the token refusal", self.upstox_conn_id)
+                wait = None
+            self._lease = lease
+            try:
+                event = await self._next_event(lease)
+            except Exception as exc:
+                self._drop_lease()
+                if not is_token_refusal(exc):
+                    yield _trigger_event(self._error_event(exc, lease.account))
+                    return
+                # Refused after a connect (the token expired mid-session): a new episode, unless the
+                # connection already holds another token, which this instance connects with at once.
+                refused = await self._tokens.after_refusal(exc, lease.token_fingerprint, None, lease.account)
+                if refused is not None:
+                    yield _trigger_event(refused)
+                    return
+                continue
+            except BaseException:  # cancelled while waiting: the next instance takes the stream over
+                self._release_lease()
+                raise
+            # Released before yielding: the triggerer may cancel this task right after taking the event.
+            self._release_lease()
+            yield _trigger_event(event)
             return
-        self._lease = lease
+
+    async def _next_event(self, lease: StreamLease) -> StreamEvent:
+        """Deferral mode: the one event of this instance, a batch or, after ``idle_timeout``, idle."""
         # What the previous instance yielded but the task has not committed (its try died after
         # the event): send it again before anything new, or it is lost (no reconnect, no snapshot).
         batch = lease.take_unacked(self.acked_seq)
@@ -181,41 +264,39 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
                 len(batch),
                 self.acked_seq,
             )
-        try:
-            if not batch:
-                batch, _ = await lease.stream.next_sized_batch(
-                    self.max_batch_size,
-                    self.max_batch_wait,
-                    self.idle_timeout,
-                    self._budget,
-                )
-        except Exception as exc:
-            self._drop_lease()
-            yield _trigger_event(self._error_event(exc, lease.account))
-            return
-        except BaseException:  # cancelled while waiting: the next instance takes the stream over
-            self._release_lease()
-            raise
-        event: StreamEvent
-        if batch:
-            event = self._batch_event(lease, batch)
-            lease.unacked = batch
         else:
-            event = IdleEvent(
-                account=lease.account,
-                idle_since_us=now_us() - int(self.idle_timeout * 1e6),
-                stats=self._stats(lease),
+            batch, _ = await lease.stream.next_sized_batch(
+                self.max_batch_size,
+                self.max_batch_wait,
+                self.idle_timeout,
+                self._budget,
             )
-        # Released before yielding: the triggerer may cancel this task right after taking the event.
-        self._release_lease()
-        yield _trigger_event(event)
+        if batch:
+            lease.unacked = batch
+            return self._batch_event(lease, batch)
+        return IdleEvent(
+            account=lease.account,
+            idle_since_us=now_us() - int(self.idle_timeout * 1e6),
+            stats=self._stats(lease),
+        )
 
     async def _run_watch(self) -> AsyncIterator[TriggerEvent]:
+        wait: TokenWaitEvent | None = None
         while True:
+            if wait is not None:
+                await self._tokens.wait(wait)
             try:
                 lease = await self._acquire()
             except Exception as exc:
-                if ErrorKind.of(exc).fatal:
+                if is_token_refusal(exc):
+                    refused = await self._tokens.after_refusal(
+                        exc, self._used_fingerprint, wait, self._account
+                    )
+                    if refused is not None and refused is not wait:
+                        warn_token_refused(self.upstox_conn_id, refused)
+                        yield _trigger_event(refused)
+                    wait = refused
+                elif ErrorKind.of(exc).fatal:
                     yield _trigger_event(self._error_event(exc, None))
                     await asyncio.sleep(self.auth_retry_delay)
                 else:
@@ -224,20 +305,29 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
                     )
                     await asyncio.sleep(self.error_retry_delay)
                 continue
+            if wait is not None:
+                note_token_renewed(self.upstox_conn_id, wait)
+                wait = None
             self._lease = lease
             try:
-                next_batch, size, wait, budget = (
+                next_batch, size, batch_wait, budget = (
                     lease.stream.next_sized_batch,
                     self.max_batch_size,
                     self.max_batch_wait,
                     self._budget,
                 )
                 while True:
-                    batch, _ = await next_batch(size, wait, None, budget)
+                    batch, _ = await next_batch(size, batch_wait, None, budget)
                     if batch:
                         yield _trigger_event(self._batch_event(lease, batch))
             except Exception as exc:
                 self._drop_lease()
+                if is_token_refusal(exc):
+                    wait = await self._tokens.after_refusal(exc, lease.token_fingerprint, None, lease.account)
+                    if wait is not None:
+                        warn_token_refused(self.upstox_conn_id, wait)
+                        yield _trigger_event(wait)
+                    continue
                 error = self._error_event(exc, lease.account)
                 yield _trigger_event(error)
                 await asyncio.sleep(self.auth_retry_delay if error.fatal else self.error_retry_delay)
@@ -251,9 +341,11 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
         """The stream released by a previous instance, or a new one (profile read, then connect)."""
         lease = registry.take(self.handoff_key)
         if lease is not None:
+            self._account = lease.account
             return lease
         hook = UpstoxHook(upstox_conn_id=self.upstox_conn_id, **self.hook_options)
         settings = await hook.aget_settings()
+        self._used_fingerprint = token_fingerprint(settings.config.access_token)
         update_types = tuple(self.update_types or settings.update_types)
         # Loading the CA bundle blocks for ~0.1 s: done once per process, in a worker thread; the
         # client then reuses that shared TLS context and is cheap to create on the loop.
@@ -279,7 +371,14 @@ class UpstoxPortfolioStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # a
             authorize, snapshot, update_types, account=None if account is None else str(account), **options
         )
         stream.start()
-        return StreamLease(key=self.handoff_key, stream=stream, rest=rest, account=stream.account)
+        self._account = stream.account
+        return StreamLease(
+            key=self.handoff_key,
+            stream=stream,
+            rest=rest,
+            account=stream.account,
+            token_fingerprint=self._used_fingerprint,
+        )
 
     def _release_lease(self) -> None:
         lease, self._lease = self._lease, None

@@ -196,6 +196,23 @@ class TestExecutors:
         }
         assert celery["services"]["airflow-worker"]["depends_on"]["redis"] == {"condition": "service_healthy"}
 
+    def test_celery_setup_has_the_failover_settings_the_distributed_run_proves(
+        self, celery: dict[str, Any]
+    ) -> None:
+        """A dead triggerer's streams and a dead worker's task move on within seconds, not minutes."""
+        from tests.distributed.cluster import compose_celery_settings
+
+        settings = compose_celery_settings()
+        heartbeat = float(settings["AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC"])
+        threshold = float(settings["AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD"])
+        assert heartbeat * 5 <= threshold <= 30  # a live triggerer keeps its streams, a dead one loses them
+        assert int(settings["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"]) < 300
+        assert not any(key.startswith("AIRFLOW__CELERY__") for key in settings)  # the URLs stay local
+        for name in AIRFLOW_SERVICES | {"airflow-worker"}:
+            environment = celery["services"][name]["environment"]
+            for key, value in settings.items():
+                assert environment[key] == value, (name, key)
+
     def test_celery_setup_runs_two_triggerers_and_two_workers(self, celery: dict[str, Any]) -> None:
         assert celery["services"]["airflow-triggerer"]["deploy"]["replicas"] == 2
         assert celery["services"]["airflow-worker"]["deploy"]["replicas"] == 2

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -16,6 +17,30 @@ import sqlalchemy as sa
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS_DIR = REPO / "dags"
+
+
+#: A LocalExecutor stack that notices things within a second (the recommended settings, see
+#: ``bench/end_to_end_latency.py``: a deferred task's exit is noticed within 1 s, so its stale
+#: "success" executor event rarely races the resumed try).
+FAST_SCHEDULER_ENV = {
+    "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+    "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+    "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
+    "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
+    "AIRFLOW__CORE__PARALLELISM": "4",
+    "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+}
+
+
+def wait_for(condition: Any, timeout: float, what: str, logs: Any) -> Any:
+    """Poll *condition* until it is truthy (returned); on timeout fail with *what* and ``logs()``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what}\n{logs()}"
+        time.sleep(0.2)
 
 
 def sql_connection_json(url: str) -> str:

@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tests.e2e.harness import compare_with_simulator, dag_env, dag_run_state, dags_test, reconciliation_runs
+from tests.e2e.harness import (
+    FAST_SCHEDULER_ENV,
+    compare_with_simulator,
+    dag_env,
+    dag_run_state,
+    dags_test,
+    reconciliation_runs,
+)
 from tests.ui.cdp import chromium_page, find_chromium
 
 pytestmark = [pytest.mark.slow, pytest.mark.airflow_server, pytest.mark.timeout(900)]
@@ -63,14 +70,7 @@ def test_dag_under_scheduler(dag_id: str, airflow_env: Any, simulator: Any, make
     url = make_database("postgresql")
     env = {
         **dag_env(simulator.base_url, simulator.token, url),
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-        # the recommended settings (bench/end_to_end_latency.py): a deferred task's exit is noticed
-        # within 1 s, so its stale "success" executor event rarely races the resumed try
-        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
-        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        **FAST_SCHEDULER_ENV,
         "AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "2",
     }
     with airflow_env.api_server(log_name=f"{dag_id}-api-server", extra_env=env) as base_url:

@@ -25,6 +25,7 @@ from airflow_provider_upstox.models.events import (
     IdleEvent,
     InvalidEventError,
     StreamEvent,
+    TokenWaitEvent,
     decode_event,
     encode_event,
 )
@@ -55,8 +56,16 @@ def through_json(event: StreamEvent) -> Any:
         ErrorEvent(
             kind=ErrorKind.STREAM, exception="UpstoxStreamClosedError", message="closed", account=None
         ),
+        TokenWaitEvent(
+            refused_fingerprint="0123456789abcdef",
+            since_us=1_740_641_185_000_000,
+            probed_at_us=1_740_641_185_000_000,
+            probes=2,
+            message="refused",
+            account="AB1234",
+        ),
     ],
-    ids=["batch", "empty-batch", "idle", "error"],
+    ids=["batch", "empty-batch", "idle", "error", "token-wait"],
 )
 def test_every_event_round_trips_through_json(event: StreamEvent) -> None:
     assert decode_event(through_json(event)) == event
@@ -70,6 +79,14 @@ def test_wire_shape_is_small_and_tagged_by_status() -> None:
     error = through_json(ErrorEvent(kind=ErrorKind.AUTHENTICATION, exception="X", message="m"))
     assert error == {"status": "error", "error_type": "authentication", "exception": "X", "message": "m",
                      "account": None}  # fmt: skip
+
+
+def test_token_wait_event_is_small_and_names_the_episode() -> None:
+    wait = TokenWaitEvent(refused_fingerprint="0123456789abcdef", since_us=5, probed_at_us=5)
+    assert through_json(wait) == {"status": "token_wait", "refused_fingerprint": "0123456789abcdef",
+                                  "since_us": 5, "probed_at_us": 5, "probes": 0, "message": "",
+                                  "account": None}  # fmt: skip
+    assert wait.episode == "0123456789abcdef@5"
 
 
 def test_events_stored_by_earlier_versions_still_decode() -> None:

@@ -19,6 +19,7 @@ from airflow.sdk import Asset
 from airflow_provider_upstox.models.updates import Update, encode_updates, next_seq, now_us
 from airflow_provider_upstox.operators import asset_events
 from airflow_provider_upstox.store import PortfolioStore
+from tests.operators.notifiers import RecordingNotifier
 
 ASSET = Asset(name="upstox_events__upstox_default", uri="upstox://upstox_default/events")
 T0 = datetime(2025, 3, 3, 9, 0, tzinfo=timezone.utc)
@@ -175,3 +176,37 @@ def test_bad_events_are_counted_and_skipped_without_blocking_the_rest(store: Por
     )  # fmt: skip
     assert result["watermark_event_id"] == 54
     assert rows(store) == {"11": ("complete", 5)}
+
+
+def test_token_wait_events_reach_the_notifier_once_per_episode(store: PortfolioStore) -> None:
+    """The watcher reports a refusal episode once; the consumer counts it, applies the batches around
+    it and calls ``on_token_refused`` once, without touching the watermark logic."""
+    since = 1_741_000_000_000_000
+    wait = {"status": "token_wait", "refused_fingerprint": "0123456789abcdef", "since_us": since,
+            "probed_at_us": since, "probes": 0, "message": "token expired", "account": "AB1234"}  # fmt: skip
+    accessor = Accessor(
+        [
+            order_event(60, 0, "12", "open", 0),
+            Event(61, T0 + timedelta(seconds=1), {"from_trigger": True, "payload": wait}),
+            order_event(62, 9, "12", "complete", 5),
+        ]
+    )
+    notifier = RecordingNotifier()
+    operator = asset_events.UpstoxPersistAssetEventsOperator(
+        task_id="persist", assets=[ASSET], on_token_refused=notifier
+    )
+    result = operator.execute({"inlet_events": {ASSET: accessor}})[ASSET.name]
+    assert (result["events"], result["batches"], result["token_refusals"], result["errors"]) == (3, 2, 1, 0)
+    assert rows(store) == {"12": ("complete", 5)}
+    assert notifier.calls == [
+        {
+            "asset": ASSET.name,
+            "account": "AB1234",
+            "since": "2025-03-03T11:06:40+00:00",
+            "message": "token expired",
+        }
+    ]
+    # A second run over the same events (HA scheduler) applies and notifies nothing again.
+    again = operator.execute({"inlet_events": {ASSET: accessor}})[ASSET.name]
+    assert again["token_refusals"] == 0
+    assert len(notifier.calls) == 1

@@ -40,16 +40,7 @@ class PluginServer:
         return rows[conn_id]  # type: ignore[no-any-return]
 
     def add_connection(self, conn_id: str, sim: RunningSimulator, token: str, **extra: Any) -> None:
-        self.http.delete(f"/api/v2/connections/{conn_id}")
-        body = {
-            "connection_id": conn_id,
-            "conn_type": "upstox",
-            "host": sim.base_url,
-            "password": token,
-            "extra": json.dumps({**APP, "user_id": "AB1234", **extra}),
-        }
-        answer = self.http.post("/api/v2/connections", json=body)
-        assert answer.status_code == 201, answer.text
+        create_connection(self.http, conn_id, sim, token, **extra)
         self.created.append(conn_id)
 
     def delete_created(self) -> None:
@@ -58,9 +49,37 @@ class PluginServer:
             self.http.delete(f"/api/v2/connections/{self.created.pop()}")
 
     def notifier_url(self) -> str:
-        from airflow_provider_upstox.plugins.keys import notifier_key
+        return notifier_url(self.base_url)
 
-        return f"{self.base_url}/upstox/notifier/{notifier_key()}"
+
+def notifier_url(api_server_url: str) -> str:
+    """The plugin's notifier endpoint on the api-server at *api_server_url*."""
+    from airflow_provider_upstox.plugins.keys import notifier_key
+
+    return f"{api_server_url}/upstox/notifier/{notifier_key()}"
+
+
+def create_connection(
+    http: httpx.Client, conn_id: str, sim: RunningSimulator, token: str, user_id: str = "AB1234", **extra: Any
+) -> None:
+    """(Re)create an ``upstox`` connection of the app :data:`APP` in the metadata DB (REST API)."""
+    http.delete(f"/api/v2/connections/{conn_id}")
+    body = {
+        "connection_id": conn_id,
+        "conn_type": "upstox",
+        "host": sim.base_url,
+        "password": token,
+        "extra": json.dumps({**APP, "user_id": user_id, **extra}),
+    }
+    answer = http.post("/api/v2/connections", json=body)
+    assert answer.status_code == 201, answer.text
+
+
+def configure_app(sim: RunningSimulator, api_server_url: str, **overrides: Any) -> None:
+    """Make *sim* the app of :data:`APP`, posting approvals to the plugin on *api_server_url*."""
+    settings = {**APP, "notifier_url": notifier_url(api_server_url), "expire_daily_at": far_daily_expiry()}
+    answer = sim_control(sim, "config", **{**settings, **overrides})
+    assert answer.status_code == 200, answer.text
 
 
 def far_daily_expiry() -> str:
@@ -91,15 +110,7 @@ def _fresh_connections(request: pytest.FixtureRequest) -> Iterator[None]:
 @pytest.fixture
 def app_simulator(simulator: RunningSimulator, plugin_server: PluginServer) -> RunningSimulator:
     """The simulator configured as the app of :data:`APP`, posting approvals to the plugin."""
-    settings = {
-        **APP,
-        "notifier_url": plugin_server.notifier_url(),
-        "expire_daily_at": far_daily_expiry(),
-    }
-    answer = httpx.post(
-        f"{simulator.base_url}/_sim/auth/config", params={k: json.dumps(v) for k, v in settings.items()}
-    )
-    assert answer.status_code == 200, answer.text
+    configure_app(simulator, plugin_server.base_url)
     return simulator
 
 

@@ -8,8 +8,6 @@ task alone fails with a clear message and its connection keeps its token). Slow:
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,8 @@ import httpx
 import pytest
 
 from airflow_provider_upstox.simulator import run_simulator_in_thread
-from tests.plugins.conftest import APP, far_daily_expiry, sim_auth, sim_control
+from tests.e2e.harness import FAST_SCHEDULER_ENV, wait_for
+from tests.plugins.conftest import APP, configure_app, create_connection, sim_auth, sim_control
 
 pytestmark = [pytest.mark.slow, pytest.mark.airflow_server, pytest.mark.timeout(600)]
 
@@ -31,16 +30,6 @@ def _task_states(http: httpx.Client, run_id: str) -> dict[str, str]:
     return {ti["task_id"]: ti["state"] for ti in answer.json().get("task_instances", [])}
 
 
-def _wait(condition: Any, timeout: float, what: str, logs: Any) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}\n{logs()}"
-        time.sleep(1)
-
-
 def _state(http: httpx.Client, conn_id: str) -> dict[str, Any]:
     rows = http.get("/upstox/api/connections", params={"probe": "false"}).json()["connections"]
     return next(row for row in rows if row["conn_id"] == conn_id)  # type: ignore[no-any-return]
@@ -51,12 +40,7 @@ def test_daily_renewal_approved_and_rejected(airflow_env: Any, simulator: Any) -
     env = {
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
         "UPSTOX_TOKEN_RENEWAL_CONN_IDS": "upstox_approves,upstox_rejects",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
-        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        **FAST_SCHEDULER_ENV,
     }
     second_token = "second-account-" + "t" * 20
     with (
@@ -71,36 +55,24 @@ def test_daily_renewal_approved_and_rejected(airflow_env: Any, simulator: Any) -
             return "\n".join(airflow_env.read_log(f"renewal-{n}")[-3000:] for n in STACK)
 
         try:
-            from airflow_provider_upstox.plugins.keys import notifier_key
-
-            settings = {
-                **APP,
-                "notifier_url": f"{base_url}/upstox/notifier/{notifier_key()}",
-                "expire_daily_at": far_daily_expiry(),
-                "request_ttl": 40,
-            }
             accounts = {"upstox_approves": (simulator, "AB1234"), "upstox_rejects": (other, "CD5678")}
             for conn_id, (sim, user_id) in accounts.items():
-                assert sim_control(sim, "config", **settings).status_code == 200
-                http.delete(f"/api/v2/connections/{conn_id}")
-                body = {
-                    "connection_id": conn_id,
-                    "conn_type": "upstox",
-                    "host": sim.base_url,
-                    "password": sim.token,
-                    "extra": json.dumps({**APP, "user_id": user_id}),
-                }
-                assert http.post("/api/v2/connections", json=body).status_code == 201
+                configure_app(sim, base_url, request_ttl=40)
+                create_connection(http, conn_id, sim, sim.token, user_id)
             before = _state(http, "upstox_rejects")
-            _wait(lambda: http.get(f"/api/v2/dags/{DAG_ID}").status_code == 200, 180, "DAG not parsed", logs)
+            wait_for(
+                lambda: http.get(f"/api/v2/dags/{DAG_ID}").status_code == 200, 180, "DAG not parsed", logs
+            )
             http.patch(f"/api/v2/dags/{DAG_ID}", json={"is_paused": False})
             run_id = http.post(f"/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": None}).json()[
                 "dag_run_id"
             ]
 
             for sim in (simulator, other):
-                _wait(lambda sim=sim: sim_auth(sim)["pending"], 180, "no token request", logs)
-            _wait(lambda: set(_task_states(http, run_id).values()) == {"deferred"}, 60, "not deferred", logs)
+                wait_for(lambda sim=sim: sim_auth(sim)["pending"], 180, "no token request", logs)
+            wait_for(
+                lambda: set(_task_states(http, run_id).values()) == {"deferred"}, 60, "not deferred", logs
+            )
             assert sim_control(simulator, "approve").json()["status"] == 200
             assert sim_control(other, "reject").status_code == 200
 
@@ -108,7 +80,7 @@ def test_daily_renewal_approved_and_rejected(airflow_env: Any, simulator: Any) -
                 states = _task_states(http, run_id)
                 return states if states and all(v in ("success", "failed") for v in states.values()) else None
 
-            final = _wait(finished, 180, "tasks did not finish", logs)
+            final = wait_for(finished, 180, "tasks did not finish", logs)
             assert final == {"renew__upstox_approves": "success", "renew__upstox_rejects": "failed"}, final
             approved = _state(http, "upstox_approves")
             assert approved["fingerprint"] == sim_auth(simulator)["token_fingerprint"]
@@ -120,6 +92,10 @@ def test_daily_renewal_approved_and_rejected(airflow_env: Any, simulator: Any) -
             for secret in (simulator.token, second_token, APP["client_secret"]):
                 assert secret not in everything
         finally:
+            # The metadata DB outlives this test: connections of the same app and users pointing at
+            # these (then dead) simulators would take later tests' notifier deliveries (502).
+            for conn_id in ("upstox_approves", "upstox_rejects"):
+                http.delete(f"/api/v2/connections/{conn_id}")
             for proc in procs:
                 airflow_env.stop(proc)
 

@@ -114,7 +114,7 @@ def _norm(value: Any) -> str:
 class OperatorLoop:
     """The deferrable stream operator driven like Airflow drives it (see the module docstring)."""
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, **operator_kwargs: Any) -> None:
         from airflow_provider_upstox.operators.portfolio_stream import UpstoxPortfolioStreamOperator
 
         self.operator = UpstoxPortfolioStreamOperator(
@@ -125,6 +125,7 @@ class OperatorLoop:
             max_batch_wait=0.2,
             idle_timeout=IDLE_TIMEOUT,
             emit_assets=False,
+            **operator_kwargs,
         )
         self.ti = SimpleNamespace(
             dag_id="upstox_portfolio_stream", task_id="stream__upstox_default", run_id=run_id, map_index=-1
@@ -141,6 +142,8 @@ class OperatorLoop:
         self.kill_worker_after_events = 0  #: lose the next N events as a worker killed before commit
         self.kill_triggerer = 0  #: crash the "triggerer" N times (all its in-memory state lost)
         self.last_persist = 0.0
+        #: (time.monotonic(), status) of every event, as the triggerer produced it
+        self.event_log: list[tuple[float, str]] = []
 
     async def run(self, stop: asyncio.Event) -> None:
         from airflow.sdk.exceptions import TaskDeferred
@@ -212,6 +215,7 @@ class OperatorLoop:
         await agen.aclose()
         await fresh.cleanup()
         payload: dict[str, Any] = event.payload
+        self.event_log.append((time.monotonic(), str(payload.get("status"))))
         self.events += 1
         self.payload_texts.append(json.dumps(payload))
         decoded = decode_event(payload)
@@ -359,6 +363,37 @@ def _expire_token(ctx: Ctx) -> None:
     ctx.sim.control.expire_token()
 
 
+def new_token_via_oauth(base_url: str) -> str:
+    """A new access token from the simulator's OAuth dialog and code exchange (its default app).
+
+    The simulator then refuses the previous token, as Upstox does (``docs/PROTOCOL.md`` §6).
+    """
+    import httpx
+
+    from airflow_provider_upstox.client import login
+
+    app = login.LoginApp("sim-client-id", "sim-client-secret", "http://127.0.0.1:9/callback")
+    answer = httpx.get(login.authorization_dialog_url(base_url, app, "matrix"), trust_env=False, timeout=10)
+    code = answer.headers["location"].split("code=")[1].split("&")[0]
+    issued = login.parse_code_exchange(login.send(login.code_exchange_request(base_url, app, code)))
+    return issued.access_token
+
+
+def write_token(token: str) -> None:
+    """Put *token* into ``upstox_default``, as the plugin does (here the env-var secrets source)."""
+    conn = json.loads(os.environ["AIRFLOW_CONN_UPSTOX_DEFAULT"])
+    os.environ["AIRFLOW_CONN_UPSTOX_DEFAULT"] = json.dumps({**conn, "password": token})
+
+
+def _renew_token(ctx: Ctx) -> None:
+    """A new token is delivered (OAuth code flow), then written into the connection; no restart."""
+    ctx.extra["unauthorized_before_renewal"] = ctx.sim.control.counters()["unauthorized"]
+    token = new_token_via_oauth(ctx.sim.base_url)
+    ctx.extra.setdefault("renewed_tokens", []).append(token)
+    write_token(token)
+    ctx.extra["renewed_at"] = time.monotonic()
+
+
 def _socket_down(ctx: Ctx) -> None:
     """Every socket handshake refused until the heal (REST still answers): the stream is down."""
     ctx.sim.control.refuse_handshakes(10**6)
@@ -386,7 +421,8 @@ FAULTS: list[Fault] = [
     Fault("oversized frame (1.2 MB) every 80", lambda c: c.sim.control.oversized_every(80, 1_200_000)),
     Fault("duplicates (30 %)", lambda c: c.sim.control.duplicate(0.3), ci=True),
     Fault("stale after newer (reorder window 8)", lambda c: c.sim.control.reorder(8), ci=True),
-    Fault("token expiry mid-session (renewed after 5 s)", _expire_token, ci=True),
+    Fault("token expiry mid-session (new token after 5 s)", _expire_token, _renew_token, ci=True,
+          note="no failed try: the stream waits for the new token and resumes by itself"),
     Fault("database killed mid-batch x2", _repeat(2.0, _kill_store_mid_batch), _stop_repeat, ci=True),
     Fault("task retried (worker killed before commit) x2", _repeat(2.0, _worker_killed),
           _stop_repeat, ci=True),
@@ -422,6 +458,8 @@ class RowResult:
     problems: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     secrets: dict[str, Any] = field(default_factory=dict)  #: token and issued codes, for the leak scan
+    extra: dict[str, Any] = field(default_factory=dict)  #: what the fault recorded (``Ctx.extra``)
+    loop: OperatorLoop | None = None
     texts: dict[str, str] = field(default_factory=dict)  #: kwargs/payloads/exceptions, for the leak scan
     store_url: str = ""
 
@@ -505,7 +543,13 @@ def compare(store_url: str, state: dict[str, Any]) -> tuple[list[str], int]:
 
 
 async def run_row(
-    fault: Fault, *, seed: int = 1, rate: float = 40.0, warmup: float = 2.0, recover_timeout: float = 40.0
+    fault: Fault,
+    *,
+    seed: int = 1,
+    rate: float = 40.0,
+    warmup: float = 2.0,
+    recover_timeout: float = 40.0,
+    operator_kwargs: dict[str, Any] | None = None,
 ) -> RowResult:
     """Run one fault row end to end; see the module docstring for the timeline and the figures."""
     from airflow_provider_upstox.client.budget import forget_budgets
@@ -519,7 +563,7 @@ async def run_row(
     token = f"tok-{secrets.token_urlsafe(24)}"
     with run_simulator_in_thread(token=token, seed=seed, scenario="quiet", ping_interval=0.5) as sim:
         _connections(sim, store_url)
-        loop = OperatorLoop(run_id=f"fault__{uuid.uuid4().hex[:8]}")
+        loop = OperatorLoop(run_id=f"fault__{uuid.uuid4().hex[:8]}", **(operator_kwargs or {}))
         ctx = Ctx(sim=sim, store_url=store_url, loop=loop)
         stop = asyncio.Event()
         runner = asyncio.ensure_future(loop.run(stop))
@@ -565,8 +609,11 @@ async def run_row(
             await asyncio.to_thread(_history_figures, result, loop, store_url, state)
             result.secrets = {
                 "token": token,
-                "codes": (await asyncio.to_thread(ctl.issued_codes))["issued_codes"],
+                "codes": (await asyncio.to_thread(ctl.issued_codes))["issued_codes"]
+                + ctx.extra.get("renewed_tokens", []),
             }
+            result.extra = ctx.extra
+            result.loop = loop
         finally:
             stop.set()
             with contextlib.suppress(BaseException):

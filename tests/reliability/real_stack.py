@@ -61,7 +61,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -80,15 +80,25 @@ DAG_ID = "upstox_portfolio_stream"
 TASK_ID = "stream__upstox_default"
 RETRY_DELAY = 3  #: seconds, set by the cluster policy (the DAG says 30)
 
-#: Written to ``$AIRFLOW_HOME/config/airflow_local_settings.py`` (on ``sys.path`` of every Airflow process).
-POLICY = f'''"""Cluster policy of the real-stack fault rows: a short retry delay for the stream DAG."""
+
+def cluster_policy(dag_id: str, retry_delay: float = RETRY_DELAY) -> str:
+    """A cluster policy giving *dag_id*'s tasks a short retry delay.
+
+    Written to ``$AIRFLOW_HOME/config/airflow_local_settings.py`` (on ``sys.path`` of every Airflow
+    process): Airflow's supported way to override task settings in a deployment without touching the DAG.
+    """
+    return f'''"""Cluster policy of the real-stack runs: a short retry delay for {dag_id}."""
 from datetime import timedelta
 
 
 def task_policy(task):
-    if getattr(task, "dag_id", None) == "{DAG_ID}":
-        task.retry_delay = timedelta(seconds={RETRY_DELAY})
+    if getattr(task, "dag_id", None) == "{dag_id}":
+        task.retry_delay = timedelta(seconds={retry_delay})
 '''
+
+
+POLICY = cluster_policy(DAG_ID)
+
 
 #: Scheduling settings of ``tests/e2e/test_scheduler_stack.py`` / ``bench/end_to_end_latency.py`` (tuned).
 STACK_SETTINGS = {
@@ -182,15 +192,16 @@ def _free_port() -> int:
 class Stack:
     """A throwaway Airflow installation: own home, own PostgreSQL metadata DB, processes it started."""
 
-    def __init__(self, extra_env: Mapping[str, str]) -> None:
+    def __init__(self, extra_env: Mapping[str, str], *, dag_id: str = DAG_ID, kind: str = "meta") -> None:
         self.home = Path(tempfile.mkdtemp(prefix="upstox-real-stack-"))
         for sub in ("logs", "config", "dags"):
             (self.home / sub).mkdir()
-        # Only the stream DAG: the events DAG's AssetWatcher would run in the triggerer even while
-        # that DAG is paused, opening a second socket to the simulator (and skewing its counters).
-        (self.home / "dags" / f"{DAG_ID}.py").symlink_to(DAGS_DIR / f"{DAG_ID}.py")
-        (self.home / "config" / "airflow_local_settings.py").write_text(POLICY)
-        self.meta_url = create_database("meta")
+        # Only one DAG: the events DAG's AssetWatcher would run in the triggerer even while that DAG
+        # is paused, opening a second socket to the simulator (and skewing its counters).
+        self.dag_id = dag_id
+        (self.home / "dags" / f"{dag_id}.py").symlink_to(DAGS_DIR / f"{dag_id}.py")
+        (self.home / "config" / "airflow_local_settings.py").write_text(cluster_policy(dag_id))
+        self.meta_url = create_database(kind)
         self.env: dict[str, str] = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "UPSTOX_"))},
             **STACK_SETTINGS,
@@ -236,12 +247,25 @@ class Stack:
         self.procs[name] = proc
         return proc
 
+    def wait(self, what: str, check: Callable[[], T], timeout: float, poll: float = 0.1) -> T:
+        """The first truthy value of *check*; raises with the tail of every log after *timeout* s."""
+        started = time.monotonic()
+        while not (value := check()):
+            if time.monotonic() - started > timeout:
+                logs = "\n".join(f"--- {n}\n{self.read_log(n)[-2500:]}" for n in self.procs)
+                raise TimeoutError(f"{what} not within {timeout:.0f} s\n{logs}")
+            time.sleep(poll)
+        return value
+
     def read_log(self, name: str) -> str:
         path = self.home / "logs" / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def up(self) -> None:
-        """Migrate the metadata DB, start the api-server (wait for health), then the other processes."""
+    def up(self, processes: Mapping[str, Sequence[str]] | None = None) -> None:
+        """Migrate the metadata DB, start the api-server (wait for health), then the other processes.
+
+        :param processes: name (of the log) -> ``airflow`` arguments; default :data:`PROCESSES`.
+        """
         self.run("db", "migrate", timeout=300)
         port = _free_port()
         base_url = f"http://127.0.0.1:{port}"
@@ -263,11 +287,16 @@ class Stack:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"api-server not healthy: {self.read_log('api-server')[-3000:]}")
             time.sleep(0.5)
-        for name in PROCESSES:
-            self.start(name, name)
+        for name, args in (processes or {p: (p,) for p in PROCESSES}).items():
+            self.start(name, *args)
 
     def down(self) -> None:
-        """SIGTERM every process tree this stack started, SIGKILL what is left after 15 s."""
+        """SIGTERM every process tree this stack started, SIGKILL what is left after 15 s.
+
+        What is left includes descendants whose parent died first (re-parented, out of its tree):
+        the trees are collected before the SIGTERM, and each process group is killed at the end.
+        """
+        below = {p for proc in self.procs.values() if proc.poll() is None for p in process_tree(proc.pid)}
         for proc in self.procs.values():
             if proc.poll() is None:
                 kill_tree(proc.pid, signal.SIGTERM)
@@ -278,6 +307,13 @@ class Stack:
             if proc.poll() is None:
                 kill_tree(proc.pid)
                 proc.wait(10)
+        for pid in below:
+            if "airflow" in cmdline(pid):  # still one of ours (not a pid reused since)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        for proc in self.procs.values():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
         # Task runners live in process groups of their own below the scheduler: any left is killed
         # with the scheduler's tree above; wait a moment for them to be gone before dropping databases.
         time.sleep(0.5)
@@ -322,12 +358,26 @@ class Stack:
             )
         )
 
-    def task_runner_pids(self) -> list[int]:
-        """The running task-runner processes (``airflow worker -- <ti id>``) below the scheduler."""
-        scheduler = self.procs.get("scheduler")
-        if scheduler is None:
+    def tries(self, task_id: str, run_id: str) -> list[tuple[int, str]]:
+        """(try number, state) of every try of a task of the stack's DAG: archived tries, then the current."""
+        with self.meta() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT try_number, state FROM task_instance_history "
+                    "WHERE dag_id = :d AND task_id = :t AND run_id = :r UNION ALL "
+                    "SELECT try_number, state FROM task_instance "
+                    "WHERE dag_id = :d AND task_id = :t AND run_id = :r ORDER BY 1"
+                ),
+                {"d": self.dag_id, "t": task_id, "r": run_id},
+            )
+            return [(int(r[0]), str(r[1])) for r in rows]
+
+    def task_runner_pids(self, below: str = "scheduler") -> list[int]:
+        """The running task-runner processes (``airflow worker -- <ti id>``) below process *below*."""
+        parent = self.procs.get(below)
+        if parent is None or parent.poll() is not None:
             return []
-        return [p for p in process_tree(scheduler.pid) if TASK_RUNNER_TITLE.fullmatch(cmdline(p))]
+        return [p for p in process_tree(parent.pid) if TASK_RUNNER_TITLE.fullmatch(cmdline(p))]
 
 
 # ----------------------------------------------------------------------------------- the row
@@ -376,14 +426,7 @@ def _store_written_since(store_url: str, since: datetime) -> bool:
 
 
 def _wait(what: str, check: Callable[[], T], timeout: float, ctx: RealCtx) -> T:
-    """The first truthy value of *check*; raises with the tail of the stack's logs after *timeout* s."""
-    started = time.monotonic()
-    while not (value := check()):
-        if time.monotonic() - started > timeout:
-            logs = "\n".join(f"--- {n}\n{ctx.stack.read_log(n)[-2500:]}" for n in ctx.stack.procs)
-            raise TimeoutError(f"{what} not within {timeout:.0f} s\n{logs}")
-        time.sleep(0.1)
-    return value
+    return ctx.stack.wait(what, check, timeout)
 
 
 def _now() -> datetime:
@@ -669,17 +712,7 @@ def _start_dag(ctx: RealCtx) -> None:
 
 def _tries(stack: Stack) -> list[tuple[int, str]]:
     """Every try of the stream task as Airflow recorded it: archived tries, then the current one."""
-    with stack.meta() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT try_number, state FROM task_instance_history "
-                "WHERE dag_id = :d AND task_id = :t AND run_id = :r UNION ALL "
-                "SELECT try_number, state FROM task_instance "
-                "WHERE dag_id = :d AND task_id = :t AND run_id = :r ORDER BY 1"
-            ),
-            {"d": DAG_ID, "t": TASK_ID, "r": stack.run_id},
-        )
-        return [(int(r[0]), str(r[1])) for r in rows]
+    return stack.tries(TASK_ID, stack.run_id)
 
 
 def store_figures(store_url: str, state: dict[str, Any], market_started: datetime) -> tuple[int, int]:

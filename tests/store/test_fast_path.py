@@ -3,8 +3,9 @@
 - :func:`.validation.fast_view` (constrained ``msgspec`` twin of the typed view) must accept nothing
   the exact Python checks reject and build the very same rows: checked on arbitrary input, pure
   Python, no database.
-- The SQLite writer counts inserts/updates without ``RETURNING`` (stored keys counted first, then one
-  ``executemany``): checked with every key shape, on every backend.
+- The SQLite writer counts inserts/updates without ``RETURNING`` (by rowids, or near the largest
+  rowid by the keys stored before the write): checked with every key shape, on every backend, and on
+  SQLite with both ways of counting.
 - Rows written with the ``raw`` JSON text validation encoded equal rows written without it.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -110,6 +112,50 @@ def _positions(recv: int, quantities: dict[str, int]) -> list[Update]:
 
 
 def test_counts_for_every_key_shape_without_returning(store: PortfolioStore) -> None:
+    _check_counts_for_every_key_shape(store)
+
+
+def test_sqlite_state_tables_are_rowid_tables(tmp_path: Path) -> None:
+    """What the SQLite writer's rowid counting relies on: SQLite gives a new row the largest rowid + 1
+    only in a table with rowids (not ``WITHOUT ROWID``) that are not a column's values."""
+    store = PortfolioStore.from_url(f"sqlite:///{tmp_path / 'rowid.db'}")
+    try:
+        store.migrate()
+        with store.engine.connect() as conn:
+            for table in schema.STATE_TABLES.values():
+                ddl = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = ?", (table.name,))
+                assert "WITHOUT ROWID" not in ddl.scalar_one().upper()
+                assert len(table.primary_key.columns) > 1  # a composite key: the rowid is no column
+                assert conn.exec_driver_sql(f"SELECT max(rowid) FROM {table.name}").scalar_one() is None
+    finally:
+        store.engine.dispose()
+
+
+def test_sqlite_counts_near_the_largest_rowid(tmp_path: Path) -> None:
+    """With a row at the largest rowid SQLite picks random rowids, so rowids cannot count the
+    inserts: the writer counts the keys stored before the write instead, with the same results."""
+    store = PortfolioStore.from_url(f"sqlite:///{tmp_path / 'full.db'}")
+    try:
+        store.migrate()
+        _check_counts_for_every_key_shape(store, account="SEED")  # a row in every state table
+        with store.engine.begin() as conn:
+            for table in schema.STATE_TABLES.values():
+                cols = [c.name for c in table.c]
+                values = ", ".join("'FULL'" if c == "account" else c for c in cols)
+                conn.exec_driver_sql(
+                    f"INSERT INTO {table.name} (rowid, {', '.join(cols)}) "
+                    f"SELECT {2**63 - 1}, {values} FROM {table.name} WHERE account = 'SEED' LIMIT 1"
+                )
+        _check_counts_for_every_key_shape(store, account="KEYS")
+        with store.engine.connect() as conn:
+            for table in schema.STATE_TABLES.values():  # the new rows got other (random) rowids
+                top = conn.exec_driver_sql(f"SELECT account FROM {table.name} ORDER BY rowid DESC LIMIT 1")
+                assert top.scalar_one() == "FULL"
+    finally:
+        store.engine.dispose()
+
+
+def _check_counts_for_every_key_shape(store: PortfolioStore, account: str = "KEYS") -> None:
     """Inserted/updated/ignored per table (1-, 2- and 3-column natural keys) in one mixed batch."""
     first = [
         *_positions(1, {"A": 1, "B": 1}),
@@ -117,7 +163,7 @@ def test_counts_for_every_key_shape_without_returning(store: PortfolioStore) -> 
         upd("gtt_order", GTT, recv=1),
         upd("order", order_message("240221000000010", status="open"), recv=1),
     ]
-    assert store.apply(first, account="KEYS") == ApplyResult(inserted=5, events=1)
+    assert store.apply(first, account=account) == ApplyResult(inserted=5, events=1)
     second = [
         *_positions(2, {"A": 2, "C": 1}),  # A: newer (more traded), C: new
         *_positions(0, {"B": 1}),  # B: received before the stored state: stale
@@ -126,8 +172,8 @@ def test_counts_for_every_key_shape_without_returning(store: PortfolioStore) -> 
         upd("order", order_message("240221000000010", status="open"), recv=0),  # stale, known event
         upd("order", order_message("240221000000011", status="open"), recv=2),  # new
     ]
-    assert store.apply(second, account="KEYS") == ApplyResult(inserted=2, updated=2, ignored=3, events=1)
-    stored = state_rows(store, schema.positions, "KEYS")
+    assert store.apply(second, account=account) == ApplyResult(inserted=2, updated=2, ignored=3, events=1)
+    stored = state_rows(store, schema.positions, account)
     assert {k: r["day_buy_quantity"] for k, r in stored.items()} == {
         ("NSE_EQ|A", "D"): 2,
         ("NSE_EQ|B", "D"): 1,

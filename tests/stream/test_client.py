@@ -45,9 +45,12 @@ def make_client(server: Any, snapshots: Snapshots | None = None, **kw: Any) -> P
 
 async def take(client: PortfolioStreamClient, n: int, timeout: float = 10.0) -> list[Update]:
     out: list[Update] = []
-    async with asyncio.timeout(timeout):
+
+    async def fill() -> None:
         while len(out) < n:
             out.extend(await client.next_batch(n - len(out), 0.01))
+
+    await asyncio.wait_for(fill(), timeout)  # not asyncio.timeout: the tests run on Python 3.10 too
     return out
 
 

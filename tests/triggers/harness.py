@@ -7,7 +7,13 @@ import json
 from collections import defaultdict
 from typing import Any
 
-from airflow_provider_upstox.models.events import BatchEvent, ErrorEvent, IdleEvent, decode_event
+from airflow_provider_upstox.models.events import (
+    BatchEvent,
+    ErrorEvent,
+    IdleEvent,
+    TokenWaitEvent,
+    decode_event,
+)
 from airflow_provider_upstox.triggers.portfolio_stream import UpstoxPortfolioStreamTrigger
 
 
@@ -57,6 +63,7 @@ class Collector:
         self.seen: dict[tuple[str, str], set[tuple[Any, ...]]] = defaultdict(set)
         self.updates = 0
         self.errors: list[ErrorEvent] = []
+        self.token_waits: list[TokenWaitEvent] = []
         self.idle = 0
 
     @property
@@ -70,6 +77,10 @@ class Collector:
             error = decode_event(payload)
             assert isinstance(error, ErrorEvent)
             self.errors.append(error)
+        elif payload["status"] == "token_wait":
+            wait = decode_event(payload)
+            assert isinstance(wait, TokenWaitEvent)
+            self.token_waits.append(wait)
 
     def process(self) -> None:
         while self._done < len(self.texts):
@@ -85,16 +96,22 @@ class Collector:
             elif isinstance(event, IdleEvent):
                 self.idle += 1
             else:
-                assert isinstance(event, ErrorEvent), payload
+                assert isinstance(event, (ErrorEvent, TokenWaitEvent)), payload
 
     def missing(self, expected: dict[tuple[str, str], tuple[Any, ...]]) -> dict[tuple[str, str], Any]:
         self.process()
         return {k: v for k, v in expected.items() if v not in self.seen.get(k, set())}
 
 
-def make_trigger(mode: str) -> UpstoxPortfolioStreamTrigger:
+def make_trigger(mode: str, token_wait: dict[str, Any] | None = None) -> UpstoxPortfolioStreamTrigger:
     trigger = UpstoxPortfolioStreamTrigger(
-        upstox_conn_id="upstox_default", max_batch_size=500, max_batch_wait=0.05, idle_timeout=0.6, mode=mode
+        upstox_conn_id="upstox_default",
+        max_batch_size=500,
+        max_batch_wait=0.05,
+        idle_timeout=0.6,
+        mode=mode,
+        token_wait=token_wait,
+        token_poll_interval=0.2,
     )
     _classpath, kwargs = trigger.serialize()
     json.dumps(kwargs)  # plain JSON, as Airflow stores it
@@ -102,16 +119,20 @@ def make_trigger(mode: str) -> UpstoxPortfolioStreamTrigger:
 
 
 async def drive_deferral(collector: Collector, stop: asyncio.Event) -> int:
-    """The continuous operator: a new trigger per event, each yielding exactly one event."""
+    """The continuous operator: a new trigger per event, each yielding exactly one event; a
+    ``token_wait`` event is passed to the next trigger, as the operator does through its progress."""
     instances = 0
+    token_wait: dict[str, Any] | None = None
     while not stop.is_set():
-        trigger = make_trigger("deferral")
+        trigger = make_trigger("deferral", token_wait)
         instances += 1
         events = [event async for event in trigger.run()]
         await trigger.cleanup()
         assert len(events) == 1
         collector.add(events[0].payload)
-        if events[0].payload["status"] == "error":
+        status = events[0].payload["status"]
+        token_wait = events[0].payload if status == "token_wait" else None
+        if status == "error":
             await asyncio.sleep(0.05)  # the operator would re-defer; don't spin on a dead token
     return instances
 

@@ -28,6 +28,9 @@ def test_serialize_is_plain_json_and_secret_free() -> None:
         "mode": "auto",
         "max_event_bytes": 256_000,
         "acked_seq": None,
+        "token_wait": None,
+        "token_poll_interval": 3.0,
+        "token_probe_interval": 900.0,
     }
     assert UpstoxPortfolioStreamTrigger(**kwargs).serialize() == (classpath, kwargs)
     acked = UpstoxPortfolioStreamTrigger(acked_seq=1_740_641_185_000_123).serialize()[1]

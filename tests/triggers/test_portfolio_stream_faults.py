@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_upstox.models.events import ErrorKind
+from airflow_provider_upstox.simulator.auth import fingerprint
 from tests.triggers.harness import (
     Collector,
     ThreadedControl,
@@ -47,23 +48,23 @@ async def test_every_final_state_reaches_an_event(
         f"{len(missing)} final states never reached an event, e.g. {list(missing.items())[:5]}"
     )
 
-    # The token expires: open sockets close (1008), authorize answers 401 -> an authentication error event.
-    errors_before = len(collector.errors)
+    # The token expires: open sockets close (1008), authorize answers 401, the confirming second
+    # try too -> the stream waits for a new token, reported once as a token_wait event.
+    waits_before = len(collector.token_waits)
     await ctl.expire_token()
     deadline = time.monotonic() + 15
-
-    def auth_error_seen() -> bool:
-        return any(e.kind is ErrorKind.AUTHENTICATION for e in collector.errors[errors_before:])
-
-    while time.monotonic() < deadline and not auth_error_seen():  # noqa: ASYNC110 - bounded poll
+    while time.monotonic() < deadline and len(collector.token_waits) == waits_before:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)  # (deferral: heartbeats of the same episode may follow)
     stop.set()
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    auth_errors = [e for e in collector.errors[errors_before:] if e.kind is ErrorKind.AUTHENTICATION]
-    assert auth_errors
-    assert auth_errors[0].fatal is True
-    assert "regenerate" in auth_errors[0].message.lower() or "token" in auth_errors[0].message.lower()
+    waits = collector.token_waits[waits_before:]
+    assert waits, "no token_wait event after the token expired"
+    assert {w.episode for w in waits} == {waits[0].episode}, "one refusal episode, not one per retry"
+    assert waits[0].refused_fingerprint == fingerprint(sim.token)
+    assert "token" in waits[0].message.lower()
+    assert not [e for e in collector.errors if e.kind is ErrorKind.AUTHENTICATION]
 
     # Faults really happened, and were recovered from.
     assert counters["dropped_connections"] >= 4, counters

@@ -7,9 +7,14 @@ values are converted here exactly as SQLAlchemy's column types would bind them (
 digits, money as ``float``), one column at a time over the whole batch, so both ways store identical
 rows (``tests/store/test_bulk.py``).
 
-``executemany`` returns no rows, so inserts and updates are told apart by counting, before the
-write and in the same transaction (which holds the write lock: ``BEGIN IMMEDIATE``), how many of
-the batch's keys are stored already: inserted = rows - stored, updated = written - inserted.
+``executemany`` returns no rows, so inserts and updates are told apart by the tables' rowids
+(:func:`_upsert`): every state table is a rowid table (no ``WITHOUT ROWID``, no ``INTEGER PRIMARY
+KEY``: ``tests/store/test_fast_path.py`` checks it), and the batch's transaction holds the write lock
+(``BEGIN IMMEDIATE``) and deletes nothing, so SQLite gives each inserted row the largest rowid + 1
+and inserted = max(rowid) after - max(rowid) before; an upsert that updates keeps the row's rowid,
+and the driver's ``rowcount`` counts the rows written (an upsert whose ``WHERE`` refuses the new
+state changes nothing and counts 0), so updated = written - inserted. Near the largest rowid SQLite
+picks random rowids instead: then the keys already stored are counted before the write.
 
 The engine is configured here too (:func:`configure`): WAL, so readers work while a batch is
 written, and a busy timeout, so writers queue instead of failing.
@@ -63,14 +68,18 @@ class SqliteWriter:
         if not updates:
             return WriteCounts(0, 0, 0), 0
         plan = _plan(schema.orders, tuple(updates[0].row), schema.KEY_COLUMNS[ORDER])
-        packed = dict(zip(map(id, updates), plan.pack(updates), strict=True))
-        winners, duplicates = batch.winners(ORDER)
-        counts = _upsert(_driver(conn), plan, winners, [packed[id(p)] for p in winners])
+        columns = plan.columns(updates)
+        rows = list(zip(*columns, strict=True))
         events = _event_plan(plan.params)
-        params = [events.values((*packed[id(p)], p.state_id)) for p in batch.order_events()]
-        cur = _driver(conn).cursor()
+        sources = (*columns, [p.state_id for p in updates])
+        event_rows = list(zip(*map(sources.__getitem__, events.sources), strict=True))
+        position = dict(zip(map(id, updates), range(len(updates)), strict=True))
+        winners, duplicates = batch.winners(ORDER)
+        driver = _driver(conn)
+        counts = _upsert(driver, plan, [rows[position[id(p)]] for p in winners])
+        cur = driver.cursor()
         try:
-            cur.executemany(events.sql, params)
+            cur.executemany(events.sql, [event_rows[position[id(p)]] for p in batch.order_events()])
             new_events = int(max(cur.rowcount, 0))
         finally:
             cur.close()
@@ -81,7 +90,7 @@ class SqliteWriter:
             return WriteCounts(0, 0, 0)
         table, key_cols = schema.STATE_TABLES[update_type], schema.KEY_COLUMNS[update_type]
         plan = _plan(table, tuple(winners[0].row), key_cols)
-        return _upsert(_driver(conn), plan, winners, plan.pack(winners))
+        return _upsert(_driver(conn), plan, list(zip(*plan.columns(winners), strict=True)))
 
     def write_progress(self, conn: Connection, progress: list[dict[str, Any]]) -> None:
         sql = upsert.progress_sql("sqlite")
@@ -108,10 +117,12 @@ def _datetime(value: dt.datetime | None) -> str | None:
     text ``YYYY-MM-DD HH:MM:SS.ffffff`` (always six fraction digits, its storage format)."""
     if value is None:
         return None
-    if value.tzinfo is None:
-        raise ValueError(f"naive datetime {value!r}: the store only accepts aware datetimes")
-    if value.utcoffset():
-        value = value.astimezone(_UTC)
+    zone = value.tzinfo
+    if zone is not _UTC:  # what validation builds; anything else is checked and converted
+        if zone is None:
+            raise ValueError(f"naive datetime {value!r}: the store only accepts aware datetimes")
+        if value.utcoffset():
+            value = value.astimezone(_UTC)
     return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
 
 
@@ -178,14 +189,16 @@ class _Plan:
     get: Callable[[dict[str, Any]], tuple[Any, ...]]  # a row's values in parameter order
     converters: tuple[tuple[int, ColumnConverter], ...]  # (parameter, conversion), but raw
     raw: int  # the parameter of ``raw`` (JSON text)
+    key: Callable[[tuple[Any, ...]], tuple[Any, ...]]  # a row's key from its parameters
 
-    def pack(self, prepared: Sequence[PreparedRow]) -> list[tuple[Any, ...]]:
-        """The driver parameters of *prepared*'s rows, converted column by column (C-level loops).
+    def columns(self, prepared: Sequence[PreparedRow]) -> list[Sequence[Any]]:
+        """The driver values of *prepared*'s rows, column by column in parameter order, each column
+        converted at once (C-level loops); ``zip(*columns)`` gives the rows' parameters.
 
         ``raw`` is the JSON text validation encoded (``PreparedRow.raw_json``) when there is one.
         """
         get = self.get
-        columns: list[Sequence[Any]] = list(zip(*[get(p.row) for p in prepared], strict=True))
+        columns: list[Sequence[Any]] = list(zip(*map(get, [p.row for p in prepared]), strict=True))
         cache: dict[Any, Any] = {}
         for i, convert in self.converters:
             columns[i] = convert(columns[i], cache)
@@ -195,7 +208,7 @@ class _Plan:
                 t if t is not None else _json_text(p.row["raw"]) for p, t in zip(prepared, raws, strict=True)
             ]
         columns[self.raw] = raws
-        return list(zip(*columns, strict=True))
+        return columns
 
 
 @lru_cache(maxsize=64)
@@ -207,14 +220,17 @@ def _plan(table: sa.Table, columns: tuple[str, ...], key_cols: tuple[str, ...]) 
         if name != "raw" and (convert := _converter(table.c[name])) is not None
     )
     get = operator.itemgetter(*sql.params)
-    return _Plan(sql.text, sql.params, key_cols, table, get, converters, sql.params.index("raw"))
+    positions = tuple(sql.params.index(c) for c in key_cols)
+    key = lambda row: tuple(row[i] for i in positions)  # noqa: E731 (only near the largest rowid)
+    return _Plan(sql.text, sql.params, key_cols, table, get, converters, sql.params.index("raw"), key)
 
 
 @dataclass(frozen=True)
 class _EventPlan:
     sql: str
-    #: An event's parameters from ``(*its order's packed parameters, state_id)``.
-    values: Callable[[tuple[Any, ...]], tuple[Any, ...]]
+    #: The source of each parameter: a column of the order rows (:meth:`_Plan.columns`), or the
+    #: one after the last: the updates' ``state_id``.
+    sources: tuple[int, ...]
 
 
 @lru_cache(maxsize=16)
@@ -224,7 +240,11 @@ def _event_plan(order_params: tuple[str, ...]) -> _EventPlan:
     names = [c.name for c in schema.order_events.c]
     sql = upsert.driver_sql(upsert.event_insert("sqlite"), "sqlite", names)
     source = (*order_params, "state_id")
-    return _EventPlan(sql.text, operator.itemgetter(*(source.index(c) for c in sql.params)))
+    return _EventPlan(sql.text, tuple(source.index(c) for c in sql.params))
+
+
+#: The largest rowid: beyond it SQLite picks random rowids for new rows (see the module docstring).
+_MAX_ROWID: Final = 2**63 - 1
 
 
 @lru_cache(maxsize=16)
@@ -234,20 +254,26 @@ def _stored_sql(table: sa.Table, key_cols: tuple[str, ...]) -> str:
     return f'SELECT count(*) FROM json_each(?) AS k JOIN "{table.name}" AS t ON {on}'
 
 
-def _upsert(
-    driver: Any, plan: _Plan, winners: list[PreparedRow], params: list[tuple[Any, ...]]
-) -> WriteCounts:
-    """Upsert *winners* (packed as *params*): stored keys counted first, then one ``executemany``."""
+def _upsert(driver: Any, plan: _Plan, params: list[tuple[Any, ...]]) -> WriteCounts:
+    """Upsert *params* (rows unique per key): one ``executemany``, counted by rowids (or, near the
+    largest rowid, by the keys stored before the write; see the module docstring)."""
     cur = driver.cursor()
     try:
-        cur.execute(_stored_sql(plan.table, plan.key_cols), (_json_text([p.key for p in winners]),))
-        stored = int(cur.fetchone()[0])
+        last_rowid = f'SELECT coalesce(max(rowid), 0) FROM "{plan.table.name}"'
+        before = int(cur.execute(last_rowid).fetchone()[0])
+        stored = None
+        if before + len(params) >= _MAX_ROWID:
+            keys = _json_text([plan.key(row) for row in params])
+            stored = int(cur.execute(_stored_sql(plan.table, plan.key_cols), (keys,)).fetchone()[0])
         cur.executemany(plan.sql, params)
         written = int(max(cur.rowcount, 0))
+        if stored is None:
+            inserted = int(cur.execute(last_rowid).fetchone()[0]) - before
+        else:
+            inserted = len(params) - stored
     finally:
         cur.close()
-    inserted = len(winners) - stored
-    return WriteCounts(inserted, written - inserted, len(winners) - written)
+    return WriteCounts(inserted, written - inserted, len(params) - written)
 
 
 # ------------------------------------------------------------------------------- engine settings
