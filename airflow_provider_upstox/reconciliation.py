@@ -18,6 +18,10 @@ Scope, because the REST reads do not cover everything the store keeps:
   "extra";
 * a position or holding whose stored quantity is 0 and that the snapshot no longer lists is closed,
   not "extra".
+
+Fills (:func:`compare_fills`): each stored order's ``filled_quantity`` must equal the sum of its
+stored fills (``upstox_trades``); a difference is a ``fills_mismatch`` of update type ``trade``
+(a fill missing, or an order state that lags its fills).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ log = logging.getLogger(__name__)
 MISSING: Final = "missing"  # in the snapshot, not in the database
 EXTRA: Final = "extra"  # in the database, not in the snapshot
 MISMATCH: Final = "field_mismatch"
+FILLS_MISMATCH: Final = "fills_mismatch"  # an order's filled_quantity differs from the sum of its fills
+TRADE: Final = "trade"
 
 COMPARED_FIELDS: Final[dict[str, tuple[str, ...]]] = {
     ORDER: ("status", "filled_quantity", "quantity"),
@@ -143,3 +149,37 @@ def compare(
             if left != right:
                 found.append(Discrepancy(update_type, key, MISMATCH, name, left, right))
     return found
+
+
+def compare_fills(
+    orders: Mapping[str, Mapping[str, Any]],
+    fills: Mapping[str, int],
+    *,
+    days: Iterable[date] | None = None,
+) -> list[Discrepancy]:
+    """Orders whose ``filled_quantity`` is not the sum of their stored fills, sorted by order id.
+
+    :param orders: stored orders by order id (:meth:`PortfolioStore.read_stored_objects`).
+    :param fills: sum of the stored fills' quantities by order id
+        (:meth:`PortfolioStore.filled_by_fills`).
+    :param days: the India dates the trade book covers (default today; see :func:`trade_book_days`):
+        orders of other days are out of scope, their fills are in no trade book read.
+    """
+    in_scope = set(days) if days is not None else {datetime.now(INDIA_TZ).date()}
+    found: list[Discrepancy] = []
+    for order_id in sorted(set(orders) | set(fills)):
+        order = orders.get(order_id)
+        if order is not None and _order_day(order) not in (None, *in_scope):
+            continue
+        filled = comparable(ORDER, order, "filled_quantity") if order is not None else None
+        total = float(fills.get(order_id, 0))
+        if (filled or 0.0) != total:
+            found.append(Discrepancy(TRADE, order_id, FILLS_MISMATCH, "filled_quantity", filled, total))
+    return found
+
+
+def trade_book_days(trade_book: Iterable[Mapping[str, Any]], today: date | None = None) -> set[date]:
+    """*today* (default: now in India) and the day of every fill's order in *trade_book*."""
+    days = {today or datetime.now(INDIA_TZ).date()}
+    days.update(d for d in (_order_day(fill) for fill in trade_book) if d is not None)
+    return days

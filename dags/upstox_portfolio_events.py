@@ -11,6 +11,9 @@ disables it): Airflow has left events that arrived while a run was active waitin
 event came (apache/airflow#56050). Each run reads again until nothing new arrives, so only an event
 committed in the last moments of a run can be left behind, and the time schedule bounds its wait.
 
+After the persist task, one ``backfill_history__<conn_id>`` task per connection reads the history of
+the orders the persist task queued and the day's fills (``UpstoxHistoryBackfillOperator``).
+
 Connections and store: as in ``upstox_portfolio_stream`` (``UPSTOX_CONN_IDS``, ``UPSTOX_SQL_CONN_ID``).
 Run either this DAG or the stream DAG for an account, not both: both would work, twice the load.
 """
@@ -29,6 +32,7 @@ from airflow_provider_upstox.assets import (
     watched_asset,
 )
 from airflow_provider_upstox.operators.asset_events import UpstoxPersistAssetEventsOperator
+from airflow_provider_upstox.operators.history_backfill import UpstoxHistoryBackfillOperator
 
 WATCHED = [
     watched_asset(conn_id, max_batch_wait=configured_float("UPSTOX_MAX_BATCH_WAIT", 1.0))
@@ -54,8 +58,16 @@ with DAG(
     default_args={"retries": 3, "retry_delay": timedelta(seconds=10)},
     doc_md=__doc__,
 ):
-    UpstoxPersistAssetEventsOperator(
+    persist = UpstoxPersistAssetEventsOperator(
         task_id="persist_events",
         assets=WATCHED,
         sql_conn_id=configured_sql_conn_id(),
     )
+    # The persist task queues the orders whose snapshot state was never seen; these read their
+    # history and the day's fills (one task per account, the queue is in the store).
+    for conn_id in configured_conn_ids():
+        persist >> UpstoxHistoryBackfillOperator(
+            task_id=f"backfill_history__{conn_id}",
+            upstox_conn_id=conn_id,
+            sql_conn_id=configured_sql_conn_id(),
+        )

@@ -222,6 +222,9 @@ class AsyncUpstoxClient:
     async def get_trades(self) -> list[dict[str, Any]]:
         return await self._call(core.trades())
 
+    async def get_order_trades(self, order_id: str) -> list[dict[str, Any]]:
+        return await self._call(core.order_trades(order_id))
+
     async def get_positions(self) -> list[dict[str, Any]]:
         return await self._call(core.positions())
 

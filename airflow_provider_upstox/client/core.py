@@ -47,6 +47,7 @@ ORDER_BOOK_PATH = "/v2/order/retrieve-all"
 ORDER_DETAILS_PATH = "/v2/order/details"
 ORDER_HISTORY_PATH = "/v2/order/history"
 TRADES_PATH = "/v2/order/trades/get-trades-for-day"
+ORDER_TRADES_PATH = "/v2/order/trades"
 POSITIONS_PATH = "/v2/portfolio/short-term-positions"
 HOLDINGS_PATH = "/v2/portfolio/long-term-holdings"
 GTT_ORDERS_PATH = "/v3/order/gtt"
@@ -267,6 +268,11 @@ def order_history(order_id: str) -> Call[list[dict[str, Any]]]:
 
 def trades() -> Call[list[dict[str, Any]]]:
     return Call(TRADES_PATH, _expect_list)
+
+
+def order_trades(order_id: str) -> Call[list[dict[str, Any]]]:
+    """The fills of one order (``docs/PROTOCOL.md`` §8)."""
+    return Call(ORDER_TRADES_PATH, _expect_list, {"order_id": _required("order_id", order_id)})
 
 
 def positions() -> Call[list[dict[str, Any]]]:

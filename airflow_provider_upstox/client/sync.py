@@ -148,6 +148,9 @@ class UpstoxClient:
     def get_trades(self) -> list[dict[str, Any]]:
         return self._call(core.trades())
 
+    def get_order_trades(self, order_id: str) -> list[dict[str, Any]]:
+        return self._call(core.order_trades(order_id))
+
     def get_positions(self) -> list[dict[str, Any]]:
         return self._call(core.positions())
 

@@ -36,7 +36,13 @@ DEFAULT_UPDATE_TYPES: Final[tuple[str, ...]] = UPDATE_TYPES
 
 STREAM: Final = "stream"
 SNAPSHOT: Final = "snapshot"
-Source = Literal["stream", "snapshot"]
+#: A step of ``GET /v2/order/history`` recorded by the history backfill (``docs/PROTOCOL.md`` §8).
+HISTORY: Final = "history"
+#: An order/GTT postback received by the webhook endpoint (``docs/PROTOCOL.md`` §7).
+POSTBACK: Final = "postback"
+Source = Literal["stream", "snapshot", "history", "postback"]
+#: Every channel a state can come from, recorded per row (``source`` columns).
+SOURCES: Final[tuple[str, ...]] = (STREAM, SNAPSHOT, HISTORY, POSTBACK)
 
 #: Order statuses after which an order never changes again (docs/PROTOCOL.md §2).
 TERMINAL_ORDER_STATUSES: Final[frozenset[str]] = frozenset(
@@ -89,7 +95,9 @@ class Update(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
 
     :param update_type: ``order``, ``position``, ``holding``, ``gtt_order`` or any other value Upstox sends.
     :param data: the Upstox object as sent, deprecated duplicate keys removed.
-    :param source: ``"stream"`` (a WebSocket message) or ``"snapshot"`` (a REST read).
+    :param source: where it came from: ``"stream"`` (a WebSocket message), ``"snapshot"`` (a REST
+        read on connect), ``"history"`` (a step of an order's history, read by the backfill) or
+        ``"postback"`` (an HTTP postback to the webhook endpoint).
     :param seq: strictly increasing across the process (see :func:`next_seq`): arrival order.
     :param connection_epoch: which connection of the stream client produced it (1, 2, ...).
     :param received_at_us: when it was observed, epoch microseconds UTC. For a snapshot row: when

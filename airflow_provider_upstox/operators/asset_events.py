@@ -39,7 +39,7 @@ from airflow_provider_upstox.models.events import (
     TokenWaitEvent,
     decode_event,
 )
-from airflow_provider_upstox.models.updates import Update
+from airflow_provider_upstox.models.updates import SNAPSHOT, Update
 from airflow_provider_upstox.operators._db import load_progress, open_store, save_progress
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,10 @@ def persist_asset_events(
     def flush() -> None:
         nonlocal pending, pending_size, mark_dt
         for account, updates in pending.items():
+            if any(u.source == SNAPSHOT for u in updates):
+                # Before apply(): the orders whose snapshot state the store never saw, for the
+                # history backfill (UpstoxHistoryBackfillOperator drains the queue).
+                store.queue_history_backfill(account, updates)
             store.apply(updates, account=account)
         if last is not None:
             horizon = last.timestamp - LOOKBACK

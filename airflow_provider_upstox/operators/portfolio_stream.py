@@ -45,7 +45,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.bases.operator import TriggerFailureReason
 
 from airflow_provider_upstox.assets import ASSET_KINDS, portfolio_asset, stream_alias
-from airflow_provider_upstox.exceptions import UpstoxAuthenticationError
+from airflow_provider_upstox.exceptions import UpstoxAuthenticationError, UpstoxError
 from airflow_provider_upstox.market_hours import next_stop_deadline, parse_stop_at
 from airflow_provider_upstox.models.events import (
     BatchEvent,
@@ -56,7 +56,14 @@ from airflow_provider_upstox.models.events import (
     decode_event,
     encode_event,
 )
-from airflow_provider_upstox.models.updates import STREAM, Update, normalize_update_types, now_us
+from airflow_provider_upstox.models.updates import (
+    ORDER,
+    SNAPSHOT,
+    STREAM,
+    Update,
+    normalize_update_types,
+    now_us,
+)
 from airflow_provider_upstox.operators._db import load_progress, open_store, save_progress
 from airflow_provider_upstox.operators.stop_rules import StopRules, StreamProgress, optional_number
 from airflow_provider_upstox.store import ApplyResult
@@ -106,6 +113,13 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         token (a new token is picked up within this plus one connect).
     :param token_probe_interval: least seconds between two calls to Upstox with a refused token
         (default 15 minutes).
+    :param backfill_history: after a batch with snapshot rows (every reconnect), queue the orders
+        whose snapshot state the store never saw and read their history and fills (see
+        :mod:`airflow_provider_upstox.backfill`); the to-do list is in the database.
+    :param backfill_time_slice: most seconds of backfill per wake-up (the trigger's parked stream
+        keeps reading meanwhile); what is left is read at the next wake-ups.
+    :param trade_book_interval: the day's trade book (every fill, with its trade id) is read after
+        each snapshot, and at most this often (seconds) after live order updates showed new fills.
     """
 
     template_fields: Sequence[str] = (
@@ -137,6 +151,9 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         on_token_refused: Callable[[Any], Any] | None = None,
         token_poll_interval: float = DEFAULT_POLL_INTERVAL,
         token_probe_interval: float = DEFAULT_PROBE_INTERVAL,
+        backfill_history: bool = True,
+        backfill_time_slice: float = 5.0,
+        trade_book_interval: float = 5.0,
         **kwargs: Any,
     ) -> None:
         if emit_assets and "outlets" not in kwargs:
@@ -158,6 +175,9 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
             raise ValueError("token_poll_interval and token_probe_interval must be positive")
         self.token_poll_interval = float(token_poll_interval)
         self.token_probe_interval = float(token_probe_interval)
+        self.backfill_history = backfill_history
+        self.backfill_time_slice = backfill_time_slice
+        self.trade_book_interval = trade_book_interval
         # Fail at parse time for literal values; templated ones are checked again after rendering.
         if not _is_template(update_types):
             normalize_update_types(update_types)
@@ -310,6 +330,9 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
             log.debug("No update since %d; checking stop conditions", event.idle_since_us)
         else:
             log.debug("Woken by the deferral timeout; checking stop conditions")
+        if self.backfill_history and progress.account and not isinstance(event, ErrorEvent):
+            # A quiet market still owes the fills of its last live updates, and any queued history.
+            self._backfill(store, progress, progress.account, snapshot=False)
         return None
 
     def _token_wait(self, context: Any, progress: StreamProgress, event: TokenWaitEvent) -> None:
@@ -355,6 +378,10 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         progress.account = account
         if not updates:
             return None
+        snapshot = any(u.source == SNAPSHOT for u in updates)
+        if self.backfill_history and snapshot:
+            # Before apply(): afterwards the snapshot's states are recorded and no gap shows.
+            store.queue_history_backfill(account, updates)
         result: ApplyResult = store.apply(updates, account=account, stream_key=f"conn:{self.upstox_conn_id}")
         now = now_us()
         progress.batches += 1
@@ -374,7 +401,43 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         ):
             applied[name] = applied.get(name, 0) + count
         log.info("Batch %d: %d updates for %s -> %s", progress.batches, len(updates), account, result)
+        if self.backfill_history:
+            if any(
+                u.source != SNAPSHOT and u.update_type == ORDER and u.data.get("filled_quantity")
+                for u in updates
+            ):
+                progress.fills_pending = True
+            self._backfill(store, progress, account, snapshot=snapshot)
         return max(u.seq for u in updates)
+
+    def _backfill(self, store: Any, progress: StreamProgress, account: str, *, snapshot: bool) -> None:
+        """One time slice of history backfill, after the batch's commit; never fails the task.
+
+        The trade book is read after every snapshot, and at most every ``trade_book_interval``
+        seconds while live updates show new fills.
+        """
+        from airflow_provider_upstox.backfill import run_backfill
+        from airflow_provider_upstox.hooks.upstox import UpstoxHook
+
+        now = now_us()
+        due = progress.fills_pending and now - progress.trade_book_at_us >= self.trade_book_interval * 1e6
+        if not (snapshot or due or store.pending_history_backfill(account, limit=1)):
+            return
+        try:
+            with UpstoxHook(upstox_conn_id=self.upstox_conn_id).get_conn() as client:
+                result = run_backfill(
+                    store,
+                    client,
+                    account,
+                    time_limit=float(self.backfill_time_slice),
+                    trade_book=snapshot or due,
+                )
+        except UpstoxError as exc:  # the queue is in the database: the next wake-up goes on
+            log.warning("History backfill of %s paused: %s", account, exc)
+            return
+        if result.trade_book_read:
+            progress.trade_book_at_us = now
+            progress.fills_pending = False
 
     def _lookup_account(self) -> str:
         from airflow_provider_upstox.hooks.upstox import UpstoxHook

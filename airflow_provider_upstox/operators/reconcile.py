@@ -8,19 +8,25 @@ compares them with the stored objects of the same account (see
 records the run and every difference through the store, optionally repairs by applying the
 snapshot through the store (the store's ordering rule still applies, so a snapshot never
 overwrites a newer live state), and fails or warns.
+
+With orders reconciled and ``check_fills`` on, it also reads the day's trade book, records the
+fills the store lacks (a fill is an immutable fact, inserted once, as after each stream snapshot),
+and checks that every order's ``filled_quantity`` equals the sum of its fills
+(:func:`~airflow_provider_upstox.reconciliation.compare_fills`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator, Context
 
 from airflow_provider_upstox.models.updates import (
     INDIA_TZ,
+    ORDER,
     SNAPSHOT,
     Update,
     next_seq,
@@ -29,7 +35,13 @@ from airflow_provider_upstox.models.updates import (
     strip_deprecated,
 )
 from airflow_provider_upstox.operators._db import open_store
-from airflow_provider_upstox.reconciliation import Discrepancy, compare, index_rows
+from airflow_provider_upstox.reconciliation import (
+    Discrepancy,
+    compare,
+    compare_fills,
+    index_rows,
+    trade_book_days,
+)
 
 if TYPE_CHECKING:
     from airflow_provider_upstox.hooks.upstox import UpstoxHook
@@ -54,6 +66,7 @@ class UpstoxReconcileOperator(BaseOperator):
     :param repair: apply the snapshot rows of every difference through the store.
     :param on_discrepancy: ``"fail"`` (default), ``"warn"`` or ``"ignore"``; with ``repair``, only
         differences that remain after repair count.
+    :param check_fills: also check each order's filled quantity against the sum of its fills.
     """
 
     template_fields: Sequence[str] = ("sql_conn_id", "update_types", "repair", "on_discrepancy")
@@ -67,6 +80,7 @@ class UpstoxReconcileOperator(BaseOperator):
         update_types: str | Sequence[str] | None = None,
         repair: bool | str = False,
         on_discrepancy: OnDiscrepancy | str = "fail",
+        check_fills: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -75,6 +89,7 @@ class UpstoxReconcileOperator(BaseOperator):
         self.update_types = update_types
         self.repair = repair
         self.on_discrepancy = on_discrepancy
+        self.check_fills = check_fills
 
     def _fetch(self, hook: UpstoxHook, update_type: str) -> list[dict[str, Any]]:
         return [strip_deprecated(dict(row)) for row in hook.get_snapshot(update_type)]
@@ -162,6 +177,12 @@ class UpstoxReconcileOperator(BaseOperator):
             snapshots[update_type] = snapshot
             compared += len(set(snapshot) | set(stored))
             found.extend(compare(update_type, stored, snapshot, today=today))
+            if update_type == ORDER and self.check_fills:
+                received = datetime.fromtimestamp(now_us() / 1e6, tz=timezone.utc)
+                book = hook.get_trades()
+                store.record_trade_book(account, book, received)
+                days = trade_book_days(book, today)
+                found.extend(compare_fills(stored, store.filled_by_fills(account), days=days))
         return found, compared, snapshots, started_us
 
     def _repair(

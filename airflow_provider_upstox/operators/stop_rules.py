@@ -48,6 +48,10 @@ class StreamProgress:
     token_wait: dict[str, Any] | None = None
     #: refusal episodes seen in this try
     token_refusals: int = 0
+    #: a live order update showed a fill since the day's trade book was last read (history backfill)
+    fills_pending: bool = False
+    #: when the trade book was last read (epoch µs; ``0``: not in this try)
+    trade_book_at_us: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,6 +9,8 @@ Routes (relative to the prefix):
 - ``GET /oauth/callback?code=&state=``: the logged-in user who started the login, within 10 minutes,
   once; the code is exchanged and the token written to the connection.
 - ``POST /notifier/{key}``: Upstox's notifier webhook, unauthenticated (see ``notifier.py``).
+- ``POST /postback/{key}``: Upstox's order/GTT postbacks, unauthenticated, one key per connection
+  (see ``postback.py``).
 
 Authentication is Airflow's: ``get_user`` reads the same JWT (cookie or bearer) as the core API,
 and authorization asks the configured auth manager, so the plugin follows whatever the deployment
@@ -27,12 +29,14 @@ from urllib.parse import parse_qsl, urlencode
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from airflow_provider_upstox import postbacks
 from airflow_provider_upstox.client import login
 from airflow_provider_upstox.exceptions import UpstoxError
 from airflow_provider_upstox.hooks.upstox import login_app_from_extra, login_endpoint
 from airflow_provider_upstox.plugins import connections as store
 from airflow_provider_upstox.plugins import keys, notifier
 from airflow_provider_upstox.plugins.page import result_page, tokens_page
+from airflow_provider_upstox.plugins.postback import PostbackEndpoint, postback_key
 from airflow_provider_upstox.plugins.status import statuses
 
 log = logging.getLogger(__name__)
@@ -101,10 +105,19 @@ def create_app() -> FastAPI:
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     @app.get("/api/connections")
-    async def api_connections(user: user_dep, probe: bool = True) -> JSONResponse:
+    async def api_connections(request: Request, user: user_dep, probe: bool = True) -> JSONResponse:
         readable, editable = await _readable(user)
+        root = _app_url(request)
         rows = [
-            {**s.as_dict(), "editable": s.conn_id in editable} for s in await statuses(readable, probe=probe)
+            {
+                **s.as_dict(),
+                "editable": s.conn_id in editable,
+                # the URL to register as the app's postback (webhook) URL: only for editors
+                "postback_url": f"{root}/postback/{postback_key(s.conn_id)}"
+                if s.conn_id in editable
+                else None,
+            }
+            for s in await statuses(readable, probe=probe)
         ]
         return JSONResponse({"connections": rows}, headers={"Cache-Control": "no-store"})
 
@@ -194,16 +207,9 @@ def create_app() -> FastAPI:
             if not wrong_keys.take():
                 return _error(429, "too many requests")
             return _error(404, "not found")
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != "application/json":
-            return _error(415, "send application/json")
-        body = await _read_limited(request, notifier.MAX_BODY)
-        if body is None:
-            return _error(413, f"body larger than {notifier.MAX_BODY} bytes")
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            return _error(400, "the body is not valid JSON")
+        payload = await _json_body(request, notifier.MAX_BODY)
+        if isinstance(payload, JSONResponse):
+            return payload
         try:
             delivery = notifier.parse_delivery(payload)
             # Only well-formed deliveries reach the DB and Upstox: those are what the bucket limits.
@@ -214,6 +220,25 @@ def create_app() -> FastAPI:
             log.warning("Upstox notifier delivery refused (%d): %s", exc.status, exc.message)
             return _error(exc.status, exc.message)
         return JSONResponse({"status": "success", "connections": written})
+
+    postback = PostbackEndpoint()
+
+    @app.post("/postback/{key}")
+    async def postback_webhook(key: str, request: Request) -> JSONResponse:
+        conn = await postback.connection_for(key)
+        if conn is None:
+            if not postback.wrong_keys.take():
+                return _error(429, "too many requests")
+            return _error(404, "not found")
+        payload = await _json_body(request, postbacks.MAX_BODY)
+        if isinstance(payload, JSONResponse):
+            return payload
+        try:
+            await postback.accept(conn, payload)
+        except postbacks.PostbackRejected as exc:
+            log.warning("Upstox postback for %s refused (%d): %s", conn.conn_id, exc.status, exc.message)
+            return _error(exc.status, exc.message)
+        return JSONResponse({"status": "success"})
 
     return app
 
@@ -226,6 +251,21 @@ def _hide_code_from_access_log(request: Request) -> None:
     if b"code=" in query:
         pairs = [(k, "***" if k == "code" else v) for k, v in parse_qsl(query.decode("latin-1"), True)]
         request.scope["query_string"] = urlencode(pairs).encode()
+
+
+async def _json_body(request: Request, limit: int) -> Any:
+    """The decoded JSON body of a webhook delivery, or the refusal to answer: 415 (not
+    ``application/json``), 413 (over *limit* bytes), 400 (not JSON)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        return _error(415, "send application/json")
+    body = await _read_limited(request, limit)
+    if body is None:
+        return _error(413, f"body larger than {limit} bytes")
+    try:
+        return json.loads(body)
+    except ValueError:
+        return _error(400, "the body is not valid JSON")
 
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:

@@ -133,6 +133,14 @@ class _Calls:
     def disconnect(self, mode: int | str = 1011) -> Any:
         return self._send(_call("POST", "disconnect", mode=mode))
 
+    def requests(self, *, enforce: bool | None = None, reset: bool = False) -> Any:
+        """Per-account request counts and peaks (``/_sim/requests``); optionally switch 429s on/off
+        or clear the counts first (see ``simulator/history.py``)."""
+        params: dict[str, Any] = {} if enforce is None else {"enforce": enforce}
+        if reset:
+            params["reset"] = True
+        return self._send(_call("POST" if params else "GET", "requests", **params))
+
     def reset(self, seed: int | None = None, scenario: str | None = None) -> Any:
         params: dict[str, Any] = {}
         if seed is not None:

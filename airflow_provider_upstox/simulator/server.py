@@ -36,15 +36,17 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from airflow_provider_upstox.simulator import history, postbacks, rest
 from airflow_provider_upstox.simulator import http as h
-from airflow_provider_upstox.simulator import rest
 from airflow_provider_upstox.simulator.accounts import Account, new_account
 from airflow_provider_upstox.simulator.auth import SimulatedAuth
 from airflow_provider_upstox.simulator.connections import Client, Counters
 from airflow_provider_upstox.simulator.control_api import ControlAPI
 from airflow_provider_upstox.simulator.faults import SCENARIOS, Faults
 from airflow_provider_upstox.simulator.feed import FeedGate
+from airflow_provider_upstox.simulator.history import RequestLog
 from airflow_provider_upstox.simulator.model import Emitted, MarketModel
+from airflow_provider_upstox.simulator.postbacks import PostbackSender
 from airflow_provider_upstox.simulator.request_body import BodyReadingConnection
 from airflow_provider_upstox.simulator.routing import HttpRequest, Route, Router
 from airflow_provider_upstox.simulator.sender import ping_loop, write_loop
@@ -124,6 +126,7 @@ class UpstoxSimulator:
         self._expiry_task: asyncio.Task[None] | None = None
         self._configure(seed, scenario)
         self.auth = SimulatedAuth(self)  # login flows of docs/PROTOCOL.md §6 (issue 16)
+        self.postbacks = PostbackSender(seed)  # simulator/postbacks.py: the webhook channel
         self.router = Router()
         for routes in self.route_modules():
             self.router.add(routes)
@@ -137,6 +140,8 @@ class UpstoxSimulator:
         return [
             self.feed.routes(),
             rest.routes(self),
+            history.routes(self),
+            postbacks.routes(self),
             ControlAPI(self).routes(),
             self.auth.routes(),
         ]
@@ -156,6 +161,7 @@ class UpstoxSimulator:
         self.model: MarketModel = self.primary.model
         self.fault_rng = random.Random(f"faults-{seed}")
         self.counters = Counters()
+        self.requests = RequestLog()
         self.faults = Faults()
         self.faults.update(dict(preset.faults))
         self.ping_interval = (
@@ -198,6 +204,7 @@ class UpstoxSimulator:
         )
 
     async def stop(self) -> None:
+        self.postbacks.close()
         for task in (self._market_task, self._expiry_task):
             if task is not None:
                 task.cancel()
@@ -256,7 +263,8 @@ class UpstoxSimulator:
 
     def publish(self, emitted: list[Emitted], account: Account | None = None) -> None:
         """Queue each message for every subscribed client of *account* (default: the primary one);
-        count it as missed if no one is there."""
+        count it as missed if no one is there. Postbacks go out whether or not a socket is open."""
+        self.postbacks.offer(emitted)
         c = self.counters
         c.model_steps += 1
         now = time.monotonic()
@@ -357,7 +365,8 @@ class UpstoxSimulator:
     async def guard(self, kind: str, request: Request) -> Response | None:
         """The checks every REST-like request passes (``kind`` ``"authorize"`` or ``"rest"``).
 
-        In order: the ``rest_delay`` fault, an injected failure (``<kind>_fail_status``), the token.
+        In order: the ``rest_delay`` fault, an injected failure (``<kind>_fail_status``), the token,
+        the account's rate windows (:class:`~.history.RequestLog`).
         :returns: the refusal to send, or ``None`` to go on.
         """
         f = self.faults
@@ -375,7 +384,7 @@ class UpstoxSimulator:
         if not account.rate.hit(urlsplit(request.path).path, time.monotonic()):
             self.counters.rate_limited += 1
             return h.error(429, h.TOO_MANY_REQUESTS)
-        return None
+        return self.requests.admit(account.user_id)  # per-account request windows (simulator/history.py)
 
     # ------------------------------------------------------------------ HTTP
 
@@ -483,6 +492,7 @@ class UpstoxSimulator:
             raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
         for client in list(self.clients):
             client.drop(1001, "simulator reset")
+        self.postbacks.configure({}, clear=True)
         self.feed.forget()
         self._configure(self.seed if seed is None else seed, scenario or self.scenario)
         self.schedule_token_expiry()

@@ -75,6 +75,17 @@ def _step_3_case_sensitive_keys(conn: Connection) -> None:
             )
 
 
+def _create_tables(conn: Connection, tables: tuple[sa.Table, ...]) -> None:
+    """Create *tables* if missing; on MySQL/MariaDB with the case-sensitive collation of step 3."""
+    for table in tables:
+        table.create(conn, checkfirst=True)
+    if conn.dialect.name in ("mysql", "mariadb"):
+        for table in tables:
+            conn.exec_driver_sql(
+                f"ALTER TABLE {table.name} CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+            )
+
+
 def _step_4_reconciliation(conn: Connection) -> None:
     """Create ``upstox_reconciliation_runs`` and ``..._discrepancies`` if missing (:mod:`.schema`).
 
@@ -83,13 +94,18 @@ def _step_4_reconciliation(conn: Connection) -> None:
     included. On MySQL/MariaDB they get the case-sensitive collation of step 3, like every table.
     Re-runnable.
     """
-    for table in schema.RECONCILIATION_TABLES:
-        table.create(conn, checkfirst=True)
-    if conn.dialect.name in ("mysql", "mariadb"):
-        for table in schema.RECONCILIATION_TABLES:
-            conn.exec_driver_sql(
-                f"ALTER TABLE {table.name} CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-            )
+    _create_tables(conn, schema.RECONCILIATION_TABLES)
+
+
+def _step_5_history(conn: Connection) -> None:
+    """Create ``upstox_trades`` (every fill once) and ``upstox_backfill_queue`` (the backfill's to-do).
+
+    Adds tables only. ``upstox_order_events.source`` (which channel delivered each state first)
+    exists since version 1 and keeps its values: rows written before are ``stream`` or
+    ``snapshot``, which is what they were; ``history`` and ``postback`` are new values, not a new
+    column. Re-runnable.
+    """
+    _create_tables(conn, schema.HISTORY_TABLES)
 
 
 #: (version, description, step). Append only; never edit a released step.
@@ -98,6 +114,7 @@ MIGRATIONS: Final[list[tuple[int, str, Callable[[Connection], None]]]] = [
     (2, "24-byte position version (trading day, day traded quantity)", _step_2_position_version),
     (3, "case-sensitive text keys on MySQL/MariaDB", _step_3_case_sensitive_keys),
     (4, "reconciliation runs and discrepancies owned by the store", _step_4_reconciliation),
+    (5, "fills (upstox_trades) and the history backfill queue", _step_5_history),
 ]
 assert MIGRATIONS[-1][0] == schema.SCHEMA_VERSION
 

@@ -31,7 +31,7 @@ from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Dialect
 
 #: Bump together with a new entry in ``migrations.MIGRATIONS``.
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 
 
 class UTCDateTime(sa.TypeDecorator[dt.datetime]):
@@ -82,7 +82,7 @@ def _bookkeeping(version_len: int) -> list[sa.Column[Any]]:
     """Columns every state table shares (winning update's provenance + rule columns)."""
     return [
         sa.Column("raw", JSONType, nullable=False, comment="the Upstox JSON object as received"),
-        sa.Column("source", sa.String(16), nullable=False, comment="stream or snapshot"),
+        sa.Column("source", sa.String(16), nullable=False, comment="stream, snapshot, history or postback"),
         sa.Column("seq", sa.BigInteger, nullable=False, comment="arrival sequence (last tie-break)"),
         sa.Column("connection_epoch", sa.Integer, nullable=False, comment="stream connection number"),
         sa.Column(
@@ -168,7 +168,12 @@ order_events = sa.Table(
     sa.Column("event_ts", UTCDateTime),
     sa.Column("status_message", sa.Text),
     sa.Column("raw", JSONType, nullable=False),
-    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column(
+        "source",
+        sa.String(16),
+        nullable=False,
+        comment="channel that delivered the state first: stream, snapshot, history or postback",
+    ),
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("received_at", UTCDateTime, nullable=False),
     comment="Every distinct observed state of an order; a repeated state is a no-op",
@@ -339,3 +344,49 @@ reconciliation_discrepancies = sa.Table(
 )
 
 RECONCILIATION_TABLES: Final = (reconciliation_runs, reconciliation_discrepancies)
+
+
+# ------------------------------------------------------------ fills and history backfill (schema version 5)
+
+trades = sa.Table(
+    "upstox_trades",
+    metadata,
+    sa.Column("account", Key, primary_key=True, comment="Upstox user id"),
+    sa.Column("trade_id", Key, primary_key=True, comment="exchange trade id: one row per fill"),
+    sa.Column("order_id", Key, nullable=False, comment="the order this fill belongs to"),
+    sa.Column("exchange_order_id", Key),
+    sa.Column("exchange", sa.String(32)),
+    sa.Column("product", sa.String(16)),
+    sa.Column("trading_symbol", sa.String(128)),
+    sa.Column("instrument_token", sa.String(128)),
+    sa.Column("order_type", sa.String(16)),
+    sa.Column("transaction_type", sa.String(16)),
+    sa.Column("quantity", Qty, nullable=False),
+    sa.Column("average_price", Money, comment="price of this fill"),
+    sa.Column("order_ref_id", Key),
+    sa.Column("exchange_timestamp", UTCDateTime, comment="India time in the payload, stored as UTC"),
+    sa.Column("order_timestamp", UTCDateTime, comment="India time in the payload, stored as UTC"),
+    sa.Column("raw", JSONType, nullable=False, comment="the Upstox JSON object as received"),
+    sa.Column("source", sa.String(16), nullable=False, comment="trade_book (day) or order_trades (backfill)"),
+    sa.Column("received_at", UTCDateTime, nullable=False, comment="when the request that read it began"),
+    sa.Index("ix_upstox_trades_account_order", "account", "order_id"),
+    comment="Every fill once (account + trade_id), linked to its order; never updated",
+)
+
+backfill_queue = sa.Table(
+    "upstox_backfill_queue",
+    metadata,
+    sa.Column("account", Key, primary_key=True),
+    sa.Column("order_id", Key, primary_key=True),
+    sa.Column("reason", sa.String(32), nullable=False, comment="changed (snapshot differs) or unseen"),
+    sa.Column("queued_at", UTCDateTime, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("last_error", sa.String(255)),
+    sa.Column("done_at", UTCDateTime, comment="NULL while the order's history is still to be read"),
+    sa.Column("states_added", sa.Integer, comment="history states the store was missing"),
+    sa.Column("trades_added", sa.Integer, comment="fills the store was missing"),
+    sa.Index("ix_upstox_backfill_queue_pending", "account", "done_at"),
+    comment="Orders whose history the backfill must read: survives drops and restarts (resumable)",
+)
+
+HISTORY_TABLES: Final = (trades, backfill_queue)

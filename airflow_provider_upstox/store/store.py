@@ -34,7 +34,16 @@ from sqlalchemy.engine import Connection, Engine
 
 from airflow_provider_upstox.exceptions import InvalidUpdateError
 from airflow_provider_upstox.models.updates import ORDER, Update
-from airflow_provider_upstox.store import migrations, reads, reconciliation_log, schema, upsert, validation
+from airflow_provider_upstox.store import (
+    history,
+    migrations,
+    reads,
+    reconciliation_log,
+    schema,
+    trades,
+    upsert,
+    validation,
+)
 from airflow_provider_upstox.store.batch import UPDATE_TYPES, Batch
 from airflow_provider_upstox.store.transactions import TransactionPolicy
 from airflow_provider_upstox.store.writers import BatchWriter, SqlAlchemyWriter, WriterUnavailable, writer_for
@@ -329,6 +338,83 @@ class PortfolioStore:
             compared=compared,
             status=status,
         )
+
+    # ------------------------------------------------------------------ history backfill and fills
+    # The to-do list and the fills live in the database (.history, .trades): a backfill that a drop
+    # or a restart interrupts resumes from there. The backfill itself is airflow_provider_upstox.backfill.
+    def queue_history_backfill(self, account: str, updates: Iterable[Update]) -> dict[str, str]:
+        """Queue the orders of the snapshot rows in *updates* whose state the store never recorded.
+
+        Call it *before* applying those updates (after, their states are recorded).
+
+        :returns: the queued order ids, each with its reason (``unseen`` or ``changed``).
+        """
+        self._ensure_migrated()
+        now = datetime.now(timezone.utc)
+        with self.engine.begin() as conn:
+            found = history.gaps(conn, account, updates, now)
+            history.enqueue(conn, account, found, now)
+        return found
+
+    def pending_history_backfill(self, account: str, limit: int = 100, max_attempts: int = 5) -> list[str]:
+        """Order ids whose history is still to be read (least tried, oldest first)."""
+        self._ensure_migrated()
+        with self.engine.connect() as conn:
+            return history.pending(conn, account, limit, max_attempts)
+
+    def record_order_history(
+        self,
+        account: str,
+        order_id: str,
+        steps: Sequence[Update],
+        fills: Sequence[Any],
+        received_at: datetime,
+    ) -> tuple[int, int]:
+        """Record the steps of *order_id* the store is missing, and its fills, then close its entry.
+
+        The steps go through :meth:`apply` (the ordering rule keeps the order's current row; each
+        missing step only adds its ``upstox_order_events`` row); steps already recorded are skipped
+        before, so they change nothing at all. Fills, and the entry's close, follow in one
+        transaction: interrupted in between, the entry stays queued and a retry is harmless.
+
+        :returns: (states added, fills added).
+        """
+        self._ensure_migrated()
+        now = datetime.now(timezone.utc)
+        with self.engine.connect() as conn:
+            known = history.known_states(conn, account, [order_id]).get(order_id, set())
+        missing = [u for u in steps if history.state_id_of(u, account, now) not in known]
+        added = self.apply(missing, account=account, stream_key="history").events if missing else 0
+        with self.engine.begin() as conn:
+            written = trades.write_trades(conn, account, fills, trades.ORDER_TRADES, received_at)
+            history.finish(conn, account, order_id, added, written.inserted, now)
+        return added, written.inserted
+
+    def history_backfill_failed(self, account: str, order_id: str, error: str) -> None:
+        """Count a failed attempt at reading *order_id*'s history (it stays queued)."""
+        self._ensure_migrated()
+        with self.engine.begin() as conn:
+            history.failed(conn, account, order_id, error)
+
+    def history_backfill_counts(self, account: str) -> dict[str, int]:
+        """Pending, done and failing entries of *account*'s backfill queue."""
+        self._ensure_migrated()
+        with self.engine.connect() as conn:
+            return history.queue_counts(conn, account)
+
+    def record_trade_book(
+        self, account: str, fills: Sequence[Any], received_at: datetime
+    ) -> trades.TradeWrite:
+        """Insert the fills of the day's trade book the store does not have yet (each fill once)."""
+        self._ensure_migrated()
+        with self.engine.begin() as conn:
+            return trades.write_trades(conn, account, fills, trades.TRADE_BOOK, received_at)
+
+    def filled_by_fills(self, account: str) -> dict[str, int]:
+        """The sum of the stored fills' quantities per order id of *account*."""
+        self._ensure_migrated()
+        with self.engine.connect() as conn:
+            return trades.fills_by_order(conn, account)
 
 
 def _write_batch(writer: BatchWriter, batch: Batch, conn: Connection) -> ApplyResult:

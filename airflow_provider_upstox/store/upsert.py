@@ -128,6 +128,42 @@ def event_insert(dialect: str, source: sa.Select[Any] | None = None) -> Any:
     return ins.on_conflict_do_nothing(index_elements=list(EVENT_KEY))
 
 
+def trade_insert(dialect: str) -> Any:
+    """Insert of ``upstox_trades`` rows that skips fills already recorded: a fill is written once.
+
+    A trade is immutable at the exchange, so the first copy stored (from the trade book or from an
+    order's trades, whichever came first) is kept and later copies are no-ops.
+    """
+    table = schema.trades
+    ins = _insert(dialect, table)
+    if dialect in MYSQL_DIALECTS:
+        return ins.prefix_with("IGNORE")  # validated before: IGNORE only skips duplicate keys
+    return ins.on_conflict_do_nothing(index_elements=[c.name for c in table.primary_key.columns])
+
+
+def backfill_enqueue(dialect: str) -> Any:
+    """Queue an order for the history backfill, or re-open its finished entry.
+
+    An order already waiting keeps its place (and attempts); one whose history was read before is
+    queued again, because a new snapshot differing from the store means new steps to read.
+    """
+    table = schema.backfill_queue
+    ins = _insert(dialect, table)
+    new = ins.inserted if dialect in MYSQL_DIALECTS else ins.excluded
+    reopened = table.c.done_at.is_not(None)
+    values = {
+        "reason": sa.case((reopened, new.reason), else_=table.c.reason),
+        "queued_at": sa.case((reopened, new.queued_at), else_=table.c.queued_at),
+        # literal, not bound: pymysql's executemany binds parameters only inside VALUES (...)
+        "attempts": sa.case((reopened, sa.literal_column("0")), else_=table.c.attempts),
+        "done_at": sa.null(),  # assigned last: MySQL's CASEs above must see the old value
+    }
+    if dialect in MYSQL_DIALECTS:
+        return ins.on_duplicate_key_update(list(values.items()))
+    key = [c.name for c in table.primary_key.columns]
+    return ins.on_conflict_do_update(index_elements=key, set_=values)
+
+
 def _greatest(dialect: str, a: Any, b: Any) -> Any:
     """``GREATEST(a, b)`` ignoring NULLs (SQLite spells it ``max(a, b)``)."""
     fn = sa.func.max if dialect == "sqlite" else sa.func.greatest

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from airflow_provider_upstox.exceptions import InvalidUpdateError
 from airflow_provider_upstox.models import updates as _updates
-from airflow_provider_upstox.models.updates import SNAPSHOT, STREAM, TYPED_VIEWS, Update
+from airflow_provider_upstox.models.updates import SOURCES, TYPED_VIEWS, Update
 from airflow_provider_upstox.store import schema
 
 #: The range of every stored epoch and timestamp: 2000-01-01 to 2100-01-01 (epoch microseconds).
@@ -29,7 +29,7 @@ MIN_EPOCH_US: Final = 946_684_800_000_000
 MAX_EPOCH_US: Final = 4_102_444_800_000_000
 _MAX_I64: Final = 2**63 - 1  # seq is stored in a signed BIGINT
 _MAX_I32: Final = 2**31 - 1  # connection_epoch is stored in a signed INTEGER
-_SOURCES: Final = frozenset({STREAM, SNAPSHOT})
+_SOURCES: Final = frozenset(SOURCES)
 #: Longest text stored in a ``Text`` column: MySQL/MariaDB ``TEXT`` holds 65,535 bytes, 4 per
 #: character at worst in utf8mb4. Applied on every backend so an update is stored or rejected alike.
 TEXT_LIMIT: Final = 16_383
@@ -65,7 +65,7 @@ def check_envelope(update: Update, account: str) -> None:
     if not 0 <= epoch <= _MAX_I32:
         raise invalid(update, f"connection_epoch={epoch!r} is out of range (0 to 2**31-1)")
     if update.source not in _SOURCES:
-        raise invalid(update, f"source={update.source!r} is neither {STREAM!r} nor {SNAPSHOT!r}")
+        raise invalid(update, f"source={update.source!r} is not one of {', '.join(SOURCES)}")
     problem = account_problem(account)
     if problem is not None:
         raise invalid(update, problem)

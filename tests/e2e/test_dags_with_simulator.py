@@ -1,8 +1,8 @@
 """The example DAGs run by real Airflow (``airflow dags test``) against the simulator.
 
 Stream while the market moves, stop the market, stream again until idle (the reconnect snapshot
-brings the final states), then reconcile: the store must equal ``/_sim/state`` and the
-reconciliation must find nothing.
+brings the final states), then reconcile: the store must equal ``/_sim/state``, hold every step
+of every order and every fill (history backfill), and the reconciliation must find nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.e2e.harness import compare_with_simulator, dag_env, dag_run_state, dags_test, reconciliation_runs
+from tests.reliability import history_figures
 
 pytestmark = [pytest.mark.airflow_server, pytest.mark.timeout(900)]
 
@@ -45,6 +46,8 @@ def _scenario(airflow_env: Any, simulator: Any, url: str, faults: bool) -> None:
         assert state["orders"], "the simulator produced no order"
         problems = compare_with_simulator(engine, state)
         assert problems == [], f"{len(problems)} problems, first {problems[:5]}\n{logs[-6000:]}"
+        # Every step of every order and every fill of the day: the history backfill (issue 17).
+        assert history_figures.gaps(url, state) == (0, 0), logs[-6000:]
         out = _run(env, "upstox_reconcile", {"on_discrepancy": "fail", "repair": False})
         runs = reconciliation_runs(engine)
         assert runs, out[-4000:]

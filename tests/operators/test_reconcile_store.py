@@ -124,3 +124,37 @@ def test_an_order_only_the_store_knows_is_extra_and_cannot_be_repaired(
     last = found[-1]
     assert (last["natural_key"], last["kind"], last["repaired"]) == ("GHOST-1", "extra", False)
     assert json.loads(last["db_value"])["status"] == "open"
+
+
+@pytest.mark.simulator(scenario="quiet", seed=7)
+def test_filled_quantities_are_checked_against_the_fills(
+    simulator: Any, reconcile: Any, store: PortfolioStore
+) -> None:
+    """The store saw each order's first step only: every order with fills lags its fills."""
+    simulator.control.step(150)
+    state = simulator.control.state()
+    account = state["user_id"]
+    filled = {oid for oid, o in state["orders"].items() if o["final"]["filled_quantity"]}
+    assert filled
+    first_steps = [
+        Update(
+            update_type="order",
+            data=o["history"][0],
+            seq=next_seq(),
+            received_at_us=now_us(),
+            account=account,
+        )
+        for o in state["orders"].values()
+    ]
+    store.apply(first_steps, account=account)
+    in_scope = filled  # the simulated day is the trade book's day
+    summary = reconcile(update_types="order", on_discrepancy="ignore")
+    _, found = _log(store)
+    lagging = {f["natural_key"] for f in found if f["kind"] == "fills_mismatch"}
+    assert lagging == in_scope
+    assert summary["by_kind"].get("trade:fills_mismatch", 0) == len(in_scope)
+    # The trade book was recorded as it was read: every fill of the day, once.
+    assert sum(store.filled_by_fills(account).values()) == sum(t["quantity"] for t in state["trades"])
+
+    reconcile(update_types="order", repair=True, on_discrepancy="ignore")  # the orders catch up
+    assert reconcile(update_types="order")["status"] == "clean"

@@ -21,10 +21,19 @@ Figures per row:
 * ``missed while away``: produced while no socket was open, queued for a socket that then died, or
   swallowed by a hung server (simulator counters).
 * ``recovered by snapshot``: keys whose final state never came over the socket, only in a snapshot.
-* ``lost intermediate``: order states never seen at all (neither live nor in a snapshot): the
-  documented, unavoidable loss when an order changes more than once while disconnected.
+* ``lost intermediate``: order states of the simulator's histories that the store never recorded
+  by any channel (stream, snapshot, history backfill, postback); goal 0 (see
+  :mod:`tests.reliability.history_figures`).
+* ``fills missing``: fills of the day with no ``upstox_trades`` row (goal 0).
+* ``only by history`` / ``only by postback``: states the stream and the snapshots never delivered,
+  recorded by the history backfill / by a postback.
 * ``mismatches``: keys whose stored state differs from the ground truth (goal 0).
 * ``duplicates``: order states stored more often in ``upstox_order_events`` than sent (goal 0).
+* ``time to recover``: from the heal until every final state matches; ``time to complete history``:
+  until, in addition, every state and every fill is stored.
+
+A row with ``postbacks`` also has the simulator POST every order update to a loopback receiver
+running the postback endpoint's Airflow-free parts (``history_figures.PostbackReceiver``).
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -52,6 +62,7 @@ from airflow_provider_upstox.models.events import BatchEvent, decode_event
 from airflow_provider_upstox.simulator import RunningSimulator, run_simulator_in_thread
 from airflow_provider_upstox.stream.backoff import exponential_backoff
 from tests.e2e.harness import duplicated_order_states, sql_connection_json
+from tests.reliability import history_figures
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +275,7 @@ class Fault:
     duration: float = 5.0
     ci: bool = False  #: part of the smaller CI matrix
     note: str = ""
+    postbacks: bool = False  #: the simulator also delivers postbacks during the row
 
 
 def _repeat(every: float, action: Action) -> Action:
@@ -382,6 +394,12 @@ def _renew_token(ctx: Ctx) -> None:
     ctx.extra["renewed_at"] = time.monotonic()
 
 
+def _socket_down(ctx: Ctx) -> None:
+    """Every socket handshake refused until the heal (REST still answers): the stream is down."""
+    ctx.sim.control.refuse_handshakes(10**6)
+    ctx.sim.control.disconnect(1011)
+
+
 FAULTS: list[Fault] = [
     Fault("none (baseline)", lambda ctx: None, ci=True),
     Fault("socket drop every 100 msgs (1011)", lambda c: c.sim.control.drop_every(100, 1011), ci=True),
@@ -410,6 +428,8 @@ FAULTS: list[Fault] = [
           _stop_repeat, ci=True),
     Fault("triggerer crash (in-process: state lost) x2", _repeat(2.0, _triggerer_killed),
           _stop_repeat, ci=True),
+    Fault("WebSocket down 30 s, postbacks keep arriving", _socket_down, duration=30.0, ci=True,
+          postbacks=True),
 ]  # fmt: skip
 
 
@@ -423,9 +443,14 @@ class RowResult:
     missed_while_away: int = 0
     recovered_by_snapshot: int = 0
     lost_intermediate: int = 0
+    fills_missing: int | None = None
+    only_history: int | None = None
+    only_postback: int | None = None
     mismatches: int = 0
     duplicates: int = 0
     recover_s: float | None = None
+    history_s: float | None = None  #: heal -> every state and fill stored
+    unseen_live: int | None = None  #: order states neither the stream nor a snapshot delivered
     reconnects: int = 0
     failed_tries: int = 0
     rejected: int = 0
@@ -527,9 +552,11 @@ async def run_row(
     operator_kwargs: dict[str, Any] | None = None,
 ) -> RowResult:
     """Run one fault row end to end; see the module docstring for the timeline and the figures."""
+    from airflow_provider_upstox.client.budget import forget_budgets
     from airflow_provider_upstox.triggers.handoff import registry
 
     _configure_trigger()
+    forget_budgets()  # each row's simulator is a fresh account: its calls start a fresh budget
     result = RowResult(fault.name)
     store_url = create_database()
     result.store_url = store_url
@@ -541,7 +568,10 @@ async def run_row(
         stop = asyncio.Event()
         runner = asyncio.ensure_future(loop.run(stop))
         ctl = sim.control
+        exits = contextlib.ExitStack()
         try:
+            if fault.postbacks:
+                await asyncio.to_thread(_start_postbacks, exits, sim, store_url)
             await _wait_connected(sim, loop, runner)
             await asyncio.to_thread(ctl.start_market, rate)
             await asyncio.sleep(warmup)
@@ -558,9 +588,13 @@ async def run_row(
                 if runner.done():
                     runner.result()  # the loop must never end by itself: raise what ended it
                 problems, duplicates = await asyncio.to_thread(compare, store_url, state)
-                if not problems:
+                if not problems and result.recover_s is None:
                     result.recover_s = time.monotonic() - healed
-                    break
+                if result.recover_s is not None:
+                    lost, missing = await asyncio.to_thread(history_figures.gaps, store_url, state)
+                    if not lost and not missing:
+                        result.history_s = time.monotonic() - healed
+                        break
                 await asyncio.sleep(0.2)
             result.problems = problems
             result.mismatches = len(problems)
@@ -572,6 +606,7 @@ async def run_row(
                 counters["missed_while_away"] + counters["lost_on_disconnect"] + counters["lost_in_hang"]
             )
             _snapshot_figures(result, loop, state)
+            await asyncio.to_thread(_history_figures, result, loop, store_url, state)
             result.secrets = {
                 "token": token,
                 "codes": (await asyncio.to_thread(ctl.issued_codes))["issued_codes"]
@@ -584,6 +619,7 @@ async def run_row(
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(runner, 15)
             await registry.aclose_all()
+            await asyncio.to_thread(exits.close)
     result.failed_tries = len(loop.failures)
     result.failures = loop.failures
     result.rejected, result.decode_errors = _store_counts(store_url, loop)
@@ -607,6 +643,34 @@ async def _wait_connected(sim: RunningSimulator, loop: OperatorLoop, runner: asy
         await asyncio.sleep(0.05)
 
 
+def _start_postbacks(exits: contextlib.ExitStack, sim: RunningSimulator, store_url: str) -> None:
+    """A loopback postback receiver into the row's store; the simulator posts every order update."""
+    import tempfile
+
+    import httpx
+
+    spool_dir = exits.enter_context(tempfile.TemporaryDirectory(prefix="upx-postbacks-"))
+    account = sim.control.state()["user_id"]
+    receiver = history_figures.PostbackReceiver(store_url, account, Path(spool_dir) / "spool.sqlite")
+    exits.enter_context(receiver.running())
+    answer = httpx.post(
+        f"{sim.base_url}/_sim/postbacks", params={"url": json.dumps(receiver.url)}, timeout=10
+    )
+    answer.raise_for_status()
+
+
+def _history_figures(result: RowResult, loop: OperatorLoop, store_url: str, state: dict[str, Any]) -> None:
+    result.lost_intermediate, result.fills_missing = history_figures.gaps(store_url, state)
+    seen = {
+        (key, fields)
+        for sets in (loop.seen_stream, loop.seen_snapshot)
+        for (update_type, key), values in sets.items()
+        if update_type == "order"
+        for fields in values
+    }
+    result.only_history, result.only_postback = history_figures.only_by(store_url, state, seen, signature)
+
+
 def _snapshot_figures(result: RowResult, loop: OperatorLoop, state: dict[str, Any]) -> None:
     recovered = lost = 0
     for update_type, section in SECTIONS.items():
@@ -623,7 +687,7 @@ def _snapshot_figures(result: RowResult, loop: OperatorLoop, state: dict[str, An
                     if hs[1] not in loop.seen_stream.get(k, set()) | loop.seen_snapshot.get(k, set()):
                         lost += 1
     result.recovered_by_snapshot = recovered
-    result.lost_intermediate = lost
+    result.unseen_live = lost
 
 
 def _store_counts(store_url: str, loop: OperatorLoop) -> tuple[int, int]:
@@ -645,18 +709,32 @@ def _store_counts(store_url: str, loop: OperatorLoop) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------- the table
 
 HEADER = (
-    "| fault | updates sent | missed while away | recovered by snapshot | lost intermediate states "
-    "| final-state mismatches | duplicate states | time to recover (s) | failed tries |\n"
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| fault | updates sent | missed while away | recovered by snapshot | states the stream missed "
+    "| lost intermediate states | fills missing | only by history | only by postback "
+    "| final-state mismatches | duplicate states | time to recover (s) | time to complete history (s) "
+    "| failed tries |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
+
+
+def _figure(value: float | None, fmt: str = "{}") -> str:
+    return "-" if value is None else fmt.format(value)
 
 
 def markdown_table(rows: list[RowResult]) -> str:
     lines = [HEADER]
     for r in rows:
         recover = "not recovered" if r.recover_s is None else f"{r.recover_s:.1f}"
+        complete = (
+            "not complete"
+            if r.history_s is None and r.fills_missing is not None
+            else _figure(r.history_s, "{:.1f}")
+        )
         lines.append(
             f"| {r.fault} | {r.sent} | {r.missed_while_away} | {r.recovered_by_snapshot} "
-            f"| {r.lost_intermediate} | {r.mismatches} | {r.duplicates} | {recover} | {r.failed_tries} |"
+            f"| {_figure(r.unseen_live)} "
+            f"| {r.lost_intermediate} | {_figure(r.fills_missing)} | {_figure(r.only_history)} "
+            f"| {_figure(r.only_postback)} | {r.mismatches} | {r.duplicates} | {recover} | {complete} "
+            f"| {r.failed_tries} |"
         )
     return "\n".join(lines)

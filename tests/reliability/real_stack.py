@@ -72,7 +72,7 @@ import sqlalchemy as sa
 
 from airflow_provider_upstox.simulator import RunningSimulator, run_simulator_in_thread
 from tests.e2e.harness import DAGS_DIR, dag_env
-from tests.reliability import matrix
+from tests.reliability import history_figures, matrix
 from tests.reliability.leakscan import Scanner, secrets_of
 
 T = TypeVar("T")
@@ -640,11 +640,15 @@ def _run(
             problems: list[str] = ["not compared"]
             while time.monotonic() - healed < recover_timeout:
                 problems, result.duplicates = matrix.compare(result.store_url, state)
-                if not problems:
+                if not problems and result.recover_s is None:
                     result.recover_s = time.monotonic() - healed
+                # then every state and fill (issue 17)
+                if result.recover_s is not None and history_figures.gaps(result.store_url, state) == (0, 0):
+                    result.history_s = time.monotonic() - healed
                     break
                 time.sleep(0.3)
             result.problems = problems
+            _, result.fills_missing = history_figures.gaps(result.store_url, state)
             result.mismatches = len(problems)
             counters = state["counters"]
             result.reconnects = counters["connections"]

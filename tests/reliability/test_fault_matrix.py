@@ -2,7 +2,8 @@
 
 Each row runs the real stream operator and trigger against a faulty simulator into PostgreSQL and
 must end with the store equal to the simulator's ground truth (0 mismatches), no order state
-stored twice (0 duplicates), and no token or stream code in anything the row produced (trigger
+stored twice (0 duplicates), every state of every order's history and every fill stored (0 lost
+intermediate states, 0 fills missing), and no token or stream code in anything the row produced (trigger
 kwargs, event payloads, exception texts, log records, the portfolio database).
 """
 
@@ -54,3 +55,6 @@ async def test_fault_row(fault: matrix.Fault, caplog: pytest.LogCaptureFixture, 
     assert row.duplicates == 0
     assert [str(h) for h in scanner.hits] == []
     assert row.recover_s is not None
+    # Every state of every order and every fill the simulator's history holds is stored (issue 17).
+    assert (row.lost_intermediate, row.fills_missing) == (0, 0), matrix.markdown_table([row])
+    assert row.history_s is not None

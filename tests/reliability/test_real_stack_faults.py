@@ -39,6 +39,7 @@ def test_real_stack_row(fault: real_stack.RealFault, postgres_url: str) -> None:
     assert row.problems == [], f"{row.mismatches} mismatches: {row.problems[:10]}\n{summary}"
     assert row.duplicates == 0, summary
     assert row.recover_s is not None, summary
+    assert (row.lost_intermediate, row.fills_missing) == (0, 0), summary  # every state and fill
     if fault.act is real_stack.kill_task:
         assert [state for _, state in row.tries[:2]] == ["failed", "failed"], summary
         assert len(row.tries) == 3, summary
