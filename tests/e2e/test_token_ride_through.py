@@ -91,9 +91,13 @@ def test_stream_task_rides_through_the_expiry_renewed_through_the_notifier(
             # 03:30: the token dies mid-session. The task must neither fail nor be retried.
             simulator.control.expire_token()
             wait_for(lambda: simulator.control.counters()["unauthorized"] >= 2, 60, "token not refused", logs)
+            time.sleep(2)  # the episode starts: the operator learns of it and re-defers
+            refused = simulator.control.counters()["unauthorized"]
             time.sleep(8)  # waiting: a few heartbeats, no call with the refused token
-            # the refusal at the reconnect and its one confirmation, nothing since
-            assert simulator.control.counters()["unauthorized"] == 2
+            # Nothing once waiting. Before it: the refusal at the reconnect, its one confirmation,
+            # and at most one history/trade-book read of the operator that raced the stream's refusal.
+            assert simulator.control.counters()["unauthorized"] == refused
+            assert refused in (2, 3), refused
 
             # The phone: token request, approval -> the simulator POSTs to the plugin's notifier.
             app = login.LoginApp(APP["client_id"], APP["client_secret"])

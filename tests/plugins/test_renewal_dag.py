@@ -40,6 +40,10 @@ def test_daily_renewal_approved_and_rejected(airflow_env: Any, simulator: Any) -
     env = {
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
         "UPSTOX_TOKEN_RENEWAL_CONN_IDS": "upstox_approves,upstox_rejects",
+        # No scheduled run besides the test's own: unpausing a weekday-08:00 DAG would also create a
+        # run for the last tick (catchup=False still runs the latest one), with token requests of its
+        # own. 29 February 08:00 last fell before the DAG's start date.
+        "UPSTOX_TOKEN_RENEWAL_CRON": "0 8 29 2 *",
         **FAST_SCHEDULER_ENV,
     }
     second_token = "second-account-" + "t" * 20
@@ -64,9 +68,16 @@ def test_daily_renewal_approved_and_rejected(airflow_env: Any, simulator: Any) -
                 lambda: http.get(f"/api/v2/dags/{DAG_ID}").status_code == 200, 180, "DAG not parsed", logs
             )
             http.patch(f"/api/v2/dags/{DAG_ID}", json={"is_paused": False})
-            run_id = http.post(f"/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": None}).json()[
-                "dag_run_id"
-            ]
+            answers: list[str] = []
+
+            def trigger_run() -> str | None:
+                # The DAG can be listed a moment before a run of it may be created (its serialized
+                # version is written separately): ask again until the API accepts the run.
+                answer = http.post(f"/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": None})
+                answers.append(f"{answer.status_code} {answer.text[:300]}")
+                return answer.json().get("dag_run_id") if answer.status_code == 200 else None
+
+            run_id = wait_for(trigger_run, 120, "no DAG run", lambda: f"{answers[-1:]}\n{logs()}")
 
             for sim in (simulator, other):
                 wait_for(lambda sim=sim: sim_auth(sim)["pending"], 180, "no token request", logs)
