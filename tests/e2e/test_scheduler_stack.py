@@ -66,10 +66,14 @@ def _screenshot_grid(base_url: str, dag_id: str) -> None:
 
 @pytest.mark.parametrize("dag_id", ["upstox_portfolio_stream", "upstox_portfolio_events"])
 @pytest.mark.simulator(scenario="quiet")
-def test_dag_under_scheduler(dag_id: str, airflow_env: Any, simulator: Any, make_database: Any) -> None:
+def test_dag_under_scheduler(
+    dag_id: str, airflow_env: Any, simulator: Any, make_database: Any, tmp_path: Path
+) -> None:
     url = make_database("postgresql")
     env = {
         **dag_env(simulator.base_url, simulator.token, url),
+        # A metadata DB of its own: the other DAG's run (left by the other parameter) stays out.
+        **airflow_env.private_metadata_db(tmp_path),
         **FAST_SCHEDULER_ENV,
         "AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "2",
     }

@@ -62,10 +62,9 @@ def test_stream_task_rides_through_the_expiry_renewed_through_the_notifier(
         "UPSTOX_STOP_AT": "off",
         "UPSTOX_MAX_BATCH_WAIT": "0.5",
         # A metadata DB of its own: the session's one holds earlier tests' runs of the same DAG.
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow.db'}",
+        **airflow_env.private_metadata_db(tmp_path),
         **FAST_SCHEDULER_ENV,
     }
-    airflow_env.run("db", "migrate", extra_env=env, timeout=300)
     engine = sa.create_engine(store_url, poolclass=sa.pool.NullPool)
     with (
         airflow_env.api_server(log_name="ride-api-server", extra_env=env) as base_url,

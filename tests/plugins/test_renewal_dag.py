@@ -36,8 +36,11 @@ def _state(http: httpx.Client, conn_id: str) -> dict[str, Any]:
 
 
 @pytest.mark.simulator(scenario="quiet")
-def test_daily_renewal_approved_and_rejected(airflow_env: Any, simulator: Any) -> None:
+def test_daily_renewal_approved_and_rejected(airflow_env: Any, simulator: Any, tmp_path: Path) -> None:
     env = {
+        # A metadata DB of its own: the session's one may hold earlier tests' stream DAG runs, still
+        # running or deferred, which this test's scheduler would resume in the executor's slots.
+        **airflow_env.private_metadata_db(tmp_path),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
         "UPSTOX_TOKEN_RENEWAL_CONN_IDS": "upstox_approves,upstox_rejects",
         # No scheduled run besides the test's own: unpausing a weekday-08:00 DAG would also create a
