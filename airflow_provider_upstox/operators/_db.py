@@ -10,10 +10,16 @@ can never run ahead of the rows it covers on another database: see
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from airflow_provider_upstox.models.events import StreamEvent
     from airflow_provider_upstox.store import PortfolioStore
+
+log = logging.getLogger(__name__)
 
 
 def open_store(sql_conn_id: str) -> PortfolioStore:
@@ -38,3 +44,30 @@ def load_progress(store: PortfolioStore, key: str) -> dict[str, Any] | None:
 def save_progress(store: PortfolioStore, key: str, value: dict[str, Any]) -> None:
     """Insert or replace the JSON progress record *key* (one short transaction)."""
     store.save_operator_progress(key, value)
+
+
+def record_health(
+    store: PortfolioStore,
+    conn_id: str,
+    event: StreamEvent,
+    consumer: str,
+    observed_at: datetime | None = None,
+) -> None:
+    """Record *event* in the stream health row of *conn_id* (:mod:`~airflow_provider_upstox.store.health`)."""
+    record_health_events(store, [(conn_id, event, observed_at or datetime.now(timezone.utc))], consumer)
+
+
+def record_health_events(
+    store: PortfolioStore, events: Iterable[tuple[str, StreamEvent, datetime]], consumer: str
+) -> None:
+    """One upsert for many (conn id, event, observed at); a failure is logged, never raised.
+
+    Health is for people watching: a database hiccup here must not fail a task whose batch is
+    already committed (the next event records the health again).
+    """
+    from airflow_provider_upstox.store import health
+
+    try:
+        store.record_stream_health([health.from_event(c, e, consumer, at) for c, e, at in events])
+    except Exception:
+        log.warning("Could not record the stream health", exc_info=True)

@@ -32,15 +32,23 @@ from typing import Any
 
 from airflow.sdk import Asset, BaseOperator
 
+from airflow_provider_upstox.assets import ASSET_SCHEME
 from airflow_provider_upstox.models.events import (
     BatchEvent,
     ErrorEvent,
     InvalidEventError,
+    StreamEvent,
     TokenWaitEvent,
     decode_event,
 )
 from airflow_provider_upstox.models.updates import SNAPSHOT, Update
-from airflow_provider_upstox.operators._db import load_progress, open_store, save_progress
+from airflow_provider_upstox.operators._db import (
+    load_progress,
+    open_store,
+    record_health_events,
+    save_progress,
+)
+from airflow_provider_upstox.store.health import WATCHER
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +112,8 @@ def persist_asset_events(
     refusals: list[TokenWaitEvent] = []
     pending: dict[str, list[Update]] = {}
     pending_size = 0
+    seen: list[tuple[str, StreamEvent, datetime]] = []  # for the stream health, after each chunk
+    conn_id = conn_id_of(asset)
     last: Any = None
 
     def flush() -> None:
@@ -114,6 +124,9 @@ def persist_asset_events(
                 # history backfill (UpstoxHistoryBackfillOperator drains the queue).
                 store.queue_history_backfill(account, updates)
             store.apply(updates, account=account)
+        if seen:
+            record_health_events(store, seen, WATCHER)
+            seen.clear()
         if last is not None:
             horizon = last.timestamp - LOOKBACK
             kept = {i: t for i, t in recent.items() if datetime.fromisoformat(t) >= horizon}
@@ -148,7 +161,10 @@ def persist_asset_events(
             fresh += 1
             handled.add(event.id)
             recent[event.id] = event.timestamp.isoformat()
-            pending_size += _queue_updates(event, asset, pending, counts, refusals)
+            decoded = _decode(event, asset, counts)
+            if decoded is not None:
+                seen.append((conn_id, decoded, _aware(event.timestamp)))
+                pending_size += _queue_updates(decoded, event, asset, pending, counts, refusals)
             last = event
             if pending_size >= CHUNK_UPDATES:
                 flush()
@@ -169,14 +185,20 @@ def persist_asset_events(
     return counts
 
 
-def _queue_updates(
-    event: Any,
-    asset: Asset,
-    pending: dict[str, list[Update]],
-    counts: dict[str, int],
-    refusals: list[TokenWaitEvent],
-) -> int:
-    """Queue the updates of one asset event under its account; returns how many were queued.
+def conn_id_of(asset: Asset) -> str:
+    """The upstox connection of a watched asset (``upstox://<conn_id>/events``), else its name."""
+    prefix = f"{ASSET_SCHEME}://"
+    if asset.uri.startswith(prefix):
+        return asset.uri[len(prefix) :].split("/", 1)[0]
+    return asset.name
+
+
+def _aware(timestamp: datetime) -> datetime:
+    return timestamp if timestamp.tzinfo is not None else timestamp.replace(tzinfo=timezone.utc)
+
+
+def _decode(event: Any, asset: Asset, counts: dict[str, int]) -> StreamEvent | None:
+    """The trigger event an asset event carries, or ``None`` (counted as foreign or invalid).
 
     A bad event is counted and skipped, not raised: raising would hold the watermark before it
     forever, and no event after it would ever be persisted.
@@ -187,13 +209,24 @@ def _queue_updates(
             "Asset event %s of %s carries no trigger payload (made by hand?); skipped", event.id, asset.name
         )
         counts["foreign"] += 1
-        return 0
+        return None
     try:
-        stream_event = decode_event(extra["payload"])
+        return decode_event(extra["payload"])
     except InvalidEventError as exc:
         log.error("Asset event %s of %s: %s; skipped", event.id, asset.name, exc)
         counts["invalid"] += 1
-        return 0
+        return None
+
+
+def _queue_updates(
+    stream_event: StreamEvent,
+    event: Any,
+    asset: Asset,
+    pending: dict[str, list[Update]],
+    counts: dict[str, int],
+    refusals: list[TokenWaitEvent],
+) -> int:
+    """Queue the updates of one decoded asset event under its account; returns how many."""
     if isinstance(stream_event, ErrorEvent):
         counts["errors"] += 1
         log.warning(

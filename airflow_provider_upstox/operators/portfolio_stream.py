@@ -64,9 +64,10 @@ from airflow_provider_upstox.models.updates import (
     normalize_update_types,
     now_us,
 )
-from airflow_provider_upstox.operators._db import load_progress, open_store, save_progress
+from airflow_provider_upstox.operators._db import load_progress, open_store, record_health, save_progress
 from airflow_provider_upstox.operators.stop_rules import StopRules, StreamProgress, optional_number
 from airflow_provider_upstox.store import ApplyResult
+from airflow_provider_upstox.store.health import TASK
 from airflow_provider_upstox.triggers.token_wait import (
     DEFAULT_POLL_INTERVAL,
     DEFAULT_PROBE_INTERVAL,
@@ -273,7 +274,11 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         loaded = load_progress(store, key)
         progress = StreamProgress.from_json(loaded) if loaded else StreamProgress(now_us(), now_us())
         progress.events += 1
+        if isinstance(event, (ErrorEvent, TokenWaitEvent)):  # before: handling them may fail the task
+            record_health(store, self.upstox_conn_id, event, TASK)
         committed = self._handle_event(context, store, progress, event)
+        if isinstance(event, (BatchEvent, IdleEvent)):  # after the batch's commit
+            record_health(store, self.upstox_conn_id, event, TASK)
         if committed is not None:
             progress.acked_seq = max(progress.acked_seq, committed)
         # Saved after the batch's commit, so acked_seq never runs ahead of what is in the store.

@@ -11,6 +11,9 @@ Routes (relative to the prefix):
 - ``POST /notifier/{key}``: Upstox's notifier webhook, unauthenticated (see ``notifier.py``).
 - ``POST /postback/{key}``: Upstox's order/GTT postbacks, unauthenticated, one key per connection
   (see ``postback.py``).
+- ``GET /streams``: the *Streams* page (every readable connection's stream health and token, worst
+  first; ``?only=problems|<health>&offset=&limit=``). ``GET /api/streams``: the same as JSON
+  (see ``streams.py``; the API server also sends it as metrics, see ``health_metrics.py``).
 
 Authentication is Airflow's: ``get_user`` reads the same JWT (cookie or bearer) as the core API,
 and authorization asks the configured auth manager, so the plugin follows whatever the deployment
@@ -34,15 +37,17 @@ from airflow_provider_upstox.client import login
 from airflow_provider_upstox.exceptions import UpstoxError
 from airflow_provider_upstox.hooks.upstox import login_app_from_extra, login_endpoint
 from airflow_provider_upstox.plugins import connections as store
-from airflow_provider_upstox.plugins import keys, notifier
+from airflow_provider_upstox.plugins import health_metrics, keys, notifier, streams
 from airflow_provider_upstox.plugins.page import result_page, tokens_page
 from airflow_provider_upstox.plugins.postback import PostbackEndpoint, postback_key
 from airflow_provider_upstox.plugins.status import statuses
+from airflow_provider_upstox.plugins.streams_page import streams_page
 
 log = logging.getLogger(__name__)
 
 URL_PREFIX: Final = "/upstox"
 UI_ROUTE: Final = "upstox-tokens"
+STREAMS_UI_ROUTE: Final = "upstox-streams"
 
 
 def _security() -> tuple[Any, Any]:
@@ -220,6 +225,50 @@ def create_app() -> FastAPI:
             log.warning("Upstox notifier delivery refused (%d): %s", exc.status, exc.message)
             return _error(exc.status, exc.message)
         return JSONResponse({"status": "success", "connections": written})
+
+    health_source = streams.HealthSource()
+    app.state.health_reporter = health_metrics.start_reporter(health_source)
+
+    async def _streams(user: Any, only: str, offset: int, limit: int) -> tuple[Any, ...]:
+        readable, _ = await _readable(user)
+        tokens = await statuses(readable, probe=False)  # the renewal record: no call to Upstox
+        rows, problem = await health_source.read()
+        limits = streams.Thresholds.configured()
+        items = streams.build(rows, tokens, lambda c: _authorized(user, c, "GET"), limits=limits)
+        page, total = streams.page_of(items, offset, limit, only or None)
+        return page, streams.summary(items), total, problem, limits
+
+    @app.get("/streams", response_class=HTMLResponse)
+    async def streams_view(
+        request: Request, user: user_dep, only: str = "", offset: int = 0, limit: int = streams.DEFAULT_LIMIT
+    ) -> HTMLResponse:
+        page, counts, total, problem, limits = await _streams(user, only, offset, limit)
+        html = streams_page(
+            page,
+            counts,
+            total=total,
+            offset=max(0, offset),
+            limit=max(1, min(limit, streams.MAX_LIMIT)),
+            only=only or None,
+            base_url=f"{_app_url(request)}/streams",
+            problem=problem,
+            stale_after_s=limits.stale_after_s,
+        )
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/streams")
+    async def api_streams(
+        user: user_dep, only: str = "", offset: int = 0, limit: int = streams.DEFAULT_LIMIT
+    ) -> JSONResponse:
+        page, counts, total, problem, _ = await _streams(user, only, offset, limit)
+        body = {
+            "summary": counts,
+            "total": total,
+            "offset": max(0, offset),
+            "streams": page,
+            "problem": problem,
+        }
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
     postback = PostbackEndpoint()
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
-from airflow_provider_upstox.plugins.app import UI_ROUTE, URL_PREFIX
+from airflow_provider_upstox.plugins.app import STREAMS_UI_ROUTE, UI_ROUTE, URL_PREFIX
 
 
 def _on_api_server() -> bool:
@@ -35,7 +35,7 @@ def _fastapi_apps() -> list[dict[str, Any]]:
 
 
 class UpstoxTokenPlugin(AirflowPlugin):
-    """The *Upstox tokens* page, the OAuth login and the notifier webhook."""
+    """The *Upstox tokens* and *Upstox streams* pages, the OAuth login and the webhooks."""
 
     name = "upstox_tokens"
     fastapi_apps = _fastapi_apps()
@@ -46,5 +46,12 @@ class UpstoxTokenPlugin(AirflowPlugin):
             "destination": "nav",
             "category": "admin",
             "url_route": UI_ROUTE,
-        }
+        },
+        {
+            "name": "Upstox streams",
+            "href": f"{URL_PREFIX}/streams",
+            "destination": "nav",
+            "category": "browse",
+            "url_route": STREAMS_UI_ROUTE,
+        },
     ]

@@ -108,6 +108,12 @@ def _step_5_history(conn: Connection) -> None:
     _create_tables(conn, schema.HISTORY_TABLES)
 
 
+def _step_6_stream_health(conn: Connection) -> None:
+    """Create ``upstox_stream_health`` (one row per connection: its stream's state). Adds a table
+    only; rows appear with the next persisted event of each stream. Re-runnable."""
+    _create_tables(conn, schema.HEALTH_TABLES)
+
+
 #: (version, description, step). Append only; never edit a released step.
 MIGRATIONS: Final[list[tuple[int, str, Callable[[Connection], None]]]] = [
     (1, "initial schema", _step_1_initial),
@@ -115,6 +121,7 @@ MIGRATIONS: Final[list[tuple[int, str, Callable[[Connection], None]]]] = [
     (3, "case-sensitive text keys on MySQL/MariaDB", _step_3_case_sensitive_keys),
     (4, "reconciliation runs and discrepancies owned by the store", _step_4_reconciliation),
     (5, "fills (upstox_trades) and the history backfill queue", _step_5_history),
+    (6, "stream health per connection (upstox_stream_health)", _step_6_stream_health),
 ]
 assert MIGRATIONS[-1][0] == schema.SCHEMA_VERSION
 

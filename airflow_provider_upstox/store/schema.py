@@ -31,7 +31,7 @@ from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Dialect
 
 #: Bump together with a new entry in ``migrations.MIGRATIONS``.
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 
 
 class UTCDateTime(sa.TypeDecorator[dt.datetime]):
@@ -390,3 +390,33 @@ backfill_queue = sa.Table(
 )
 
 HISTORY_TABLES: Final = (trades, backfill_queue)
+
+
+# ---------------------------------------------------------------- stream health (schema version 6)
+# Written by the stream operators after each persisted event (store/health.py), read by the plugin's
+# Streams page and metrics. One row per upstox connection: the triggerer and the API server share
+# nothing else. It holds no token and no URL, only states, times, counters and an error kind.
+
+stream_health = sa.Table(
+    "upstox_stream_health",
+    metadata,
+    sa.Column("conn_id", sa.String(191), primary_key=True, comment="the upstox connection id"),
+    sa.Column("account", Key, comment="Upstox user id, when known"),
+    sa.Column("consumer", sa.String(16), nullable=False, comment="task (deferral) or watcher (assets)"),
+    sa.Column("state", sa.String(16), nullable=False, comment="connected, idle, token_wait or error"),
+    sa.Column("state_since", UTCDateTime, nullable=False, comment="observed_at of the state's first event"),
+    sa.Column("observed_at", UTCDateTime, nullable=False, comment="time of the event (newest wins)"),
+    sa.Column("last_event_at", UTCDateTime, nullable=False, comment="when the newest event was persisted"),
+    sa.Column("last_message_at", UTCDateTime, comment="newest live stream message received"),
+    sa.Column("connection_epoch", sa.Integer, comment="connection number of the stream client"),
+    sa.Column("reconnects", sa.BigInteger, comment="reconnects of the stream client"),
+    sa.Column("messages", sa.BigInteger, comment="messages of the stream client"),
+    sa.Column("lag_ms", sa.Float, comment="wait of the oldest live update of the newest batch"),
+    sa.Column("pending", sa.Integer, comment="updates buffered in the stream client"),
+    sa.Column("error_kind", sa.String(32), comment="kind of the last error (never its text)"),
+    sa.Column("error_at", UTCDateTime),
+    sa.Column("token_refused_since", UTCDateTime, comment="while the stream waits for a new token"),
+    comment="Per upstox connection: the state of its portfolio stream, for operators of many accounts",
+)
+
+HEALTH_TABLES: Final = (stream_health,)

@@ -35,6 +35,7 @@ from sqlalchemy.engine import Connection, Engine
 from airflow_provider_upstox.exceptions import InvalidUpdateError
 from airflow_provider_upstox.models.updates import ORDER, Update
 from airflow_provider_upstox.store import (
+    health,
     history,
     migrations,
     reads,
@@ -415,6 +416,19 @@ class PortfolioStore:
         self._ensure_migrated()
         with self.engine.connect() as conn:
             return trades.fills_by_order(conn, account)
+
+    # ------------------------------------------------------------------ stream health (.health)
+    def record_stream_health(self, records: Sequence[health.StreamHealth]) -> None:
+        """Upsert the health rows of *records*' connections (one statement; replays change nothing)."""
+        self._ensure_migrated()
+        with self.engine.begin() as conn:
+            health.write(conn, records, datetime.now(timezone.utc))
+
+    def read_stream_health(self, limit: int = health.MAX_ROWS) -> list[dict[str, Any]]:
+        """Every connection's health row (up to *limit*), as dicts of ``upstox_stream_health``."""
+        self._ensure_migrated()
+        with self.engine.connect() as conn:
+            return health.read_rows(conn, limit)
 
 
 def _write_batch(writer: BatchWriter, batch: Batch, conn: Connection) -> ApplyResult:

@@ -215,3 +215,40 @@ def driver_sql(stmt: Any, dialect: str, columns: Sequence[str] = ()) -> DriverSq
 def progress_sql(dialect: str) -> DriverSql:
     """:func:`progress_upsert` as driver text (PostgreSQL and SQLite writers)."""
     return driver_sql(progress_upsert(dialect), dialect, PROGRESS_COLUMNS)
+
+
+def health_upsert(dialect: str) -> Any:
+    """Upsert of ``upstox_stream_health`` rows: a row only moves forward in ``observed_at``.
+
+    ``None`` in a counter or the error kind keeps the stored value (an error event carries no
+    counters); ``last_message_at`` only grows; ``state_since`` changes with the state. On
+    MySQL/MariaDB every assignment is guarded by the same condition and ``observed_at`` (its input)
+    is assigned last, ``state_since`` before ``state``.
+    """
+    t = schema.stream_health
+    ins = _insert(dialect, t)
+    new = ins.inserted if dialect in MYSQL_DIALECTS else ins.excluded
+    kept = (
+        "account",
+        "connection_epoch",
+        "reconnects",
+        "messages",
+        "lag_ms",
+        "pending",
+        "error_kind",
+        "error_at",
+    )
+    values: list[tuple[str, Any]] = [
+        ("state_since", sa.case((t.c.state == new.state, t.c.state_since), else_=new.state_since)),
+        ("state", new.state),
+        ("consumer", new.consumer),
+        ("last_event_at", new.last_event_at),
+        ("last_message_at", _greatest(dialect, t.c.last_message_at, new.last_message_at)),
+        *((name, sa.func.coalesce(new[name], t.c[name])) for name in kept),
+        ("token_refused_since", new.token_refused_since),
+        ("observed_at", new.observed_at),  # must stay last (MySQL: the condition's input)
+    ]
+    newer = new.observed_at >= t.c.observed_at
+    if dialect in MYSQL_DIALECTS:
+        return ins.on_duplicate_key_update([(c, sa.case((newer, v), else_=t.c[c])) for c, v in values])
+    return ins.on_conflict_do_update(index_elements=["conn_id"], set_=dict(values), where=newer)

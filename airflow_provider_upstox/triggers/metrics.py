@@ -19,21 +19,31 @@ PREFIX = "upstox.stream"
 _COUNTERS = ("messages", "reconnects", "decode_errors", "snapshot_rows", "idle_timeouts", "auth_failures")
 
 
+def stream_tags(conn_id: str, account: str | None) -> dict[str, str]:
+    """Tags naming one account's stream (OpenTelemetry, Datadog, StatsD with InfluxDB tags)."""
+    return {"conn_id": conn_id, "account": account or "unknown"}
+
+
 def report(lease: StreamLease, batch_size: int, lag_ms: float | None) -> None:
-    """Send one event's worth of metrics: counter deltas, batch size, lag and buffer depth."""
+    """Send one event's worth of metrics: counter deltas, batch size, lag and buffer depth.
+
+    Every metric is tagged with the connection and account (:func:`stream_tags`): sums over the
+    tags give the totals a dashboard of the whole fleet shows.
+    """
     stats: Any = lease.stream.stats
     reported = lease.reported
+    tags = stream_tags(lease.key[0], lease.account)
     for name in _COUNTERS:
         value = getattr(stats, name)
         delta = value - reported.get(name, 0)
         if delta:
-            _stats.incr(f"{PREFIX}.{name}", delta)
+            _stats.incr(f"{PREFIX}.{name}", delta, tags=tags)
             reported[name] = value
-    _stats.incr(f"{PREFIX}.batches")
-    _stats.incr(f"{PREFIX}.updates", batch_size)
+    _stats.incr(f"{PREFIX}.batches", tags=tags)
+    _stats.incr(f"{PREFIX}.updates", batch_size, tags=tags)
     if lag_ms is not None:
-        _stats.timing(f"{PREFIX}.lag", lag_ms)
-    _stats.gauge(f"{PREFIX}.pending", lease.stream.pending)
+        _stats.timing(f"{PREFIX}.lag", lag_ms, tags=tags)
+    _stats.gauge(f"{PREFIX}.pending", lease.stream.pending, tags=tags)
 
 
 def report_token_refused(conn_id: str) -> None:

@@ -210,3 +210,26 @@ def test_token_wait_events_reach_the_notifier_once_per_episode(store: PortfolioS
     again = operator.execute({"inlet_events": {ASSET: accessor}})[ASSET.name]
     assert again["token_refusals"] == 0
     assert len(notifier.calls) == 1
+
+
+def test_stream_health_follows_the_newest_event_of_the_watcher(store: PortfolioStore) -> None:
+    """The health row of the asset's connection: newest event wins, replays change nothing."""
+    error = {"status": "error", "error_type": "stream", "exception": "UpstoxStreamError",
+             "message": "socket closed", "account": "AB1234"}  # fmt: skip
+    accessor = Accessor(
+        [
+            order_event(60, 0, "12", "open", 0),
+            Event(61, T0 + timedelta(seconds=2), {"from_trigger": True, "payload": error}),
+        ]
+    )
+    context = {"inlet_events": {ASSET: accessor}}
+    asset_events.persist_asset_events(context, ASSET)
+    (row,) = store.read_stream_health()
+    assert (row["conn_id"], row["consumer"], row["state"]) == ("upstox_default", "watcher", "error")
+    assert (row["error_kind"], row["account"]) == ("stream", "AB1234")
+    assert row["observed_at"] == T0 + timedelta(seconds=2)
+    assert "socket closed" not in repr(row)  # the kind, never the text
+    accessor.events.append(order_event(62, 3, "12", "complete", 5))
+    asset_events.persist_asset_events(context, ASSET)
+    (row,) = store.read_stream_health()
+    assert (row["state"], row["state_since"]) == ("connected", T0 + timedelta(seconds=3))

@@ -102,3 +102,29 @@ def test_a_foreign_event_is_refused_by_name(operator: UpstoxPortfolioStreamOpera
     _deferred_trigger(lambda: operator.execute(context))
     with pytest.raises(InvalidEventError, match="not an Upstox portfolio stream event"):
         operator.execute_complete(context, {"status": "success", "rows": 3})
+
+
+def test_each_wake_up_records_the_stream_health(operator: UpstoxPortfolioStreamOperator) -> None:
+    """After the batch's commit: connected; a fatal error is recorded before it fails the task."""
+    from airflow_provider_upstox.hooks.store import get_portfolio_store
+
+    operator.upstox_conn_id = "upstox_health"
+    context = _context("run-health")
+    _deferred_trigger(lambda: operator.execute(context))
+    batch = [_order("250106000000003", "open")]
+    stats = {"connection": 2, "reconnects": 1, "messages": 9, "lag_ms": 40.0}
+    event = {"status": "batch", "account": "AB1234", "updates": encode_updates(batch), "stats": stats}
+    _deferred_trigger(lambda: operator.execute_complete(context, event))
+    store = get_portfolio_store("upstox_ack_db")
+    (row,) = store.read_stream_health()
+    assert (row["conn_id"], row["state"], row["consumer"], row["account"]) == (
+        "upstox_health", "connected", "task", "AB1234",
+    )  # fmt: skip
+    assert (row["reconnects"], row["lag_ms"], row["connection_epoch"]) == (1, 40.0, 2)
+    refused = encode_event(
+        ErrorEvent(kind=ErrorKind.CONFIGURATION, exception="E", message="conn not found", account="AB1234")
+    )
+    with pytest.raises(UpstoxPortfolioStreamFatalError):
+        operator.execute_complete(context, refused)
+    (row,) = store.read_stream_health()
+    assert (row["state"], row["error_kind"], row["reconnects"]) == ("error", "configuration", 1)

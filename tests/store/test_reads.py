@@ -247,8 +247,8 @@ def test_migration_4_keeps_or_creates_the_reconciliation_tables(db_url: str, old
         _as_version_3(store, old_tables=old_tables)
         with store.engine.connect() as conn:
             assert current_version(conn) == 3
-        assert store.migrate() == SCHEMA_VERSION == 5
-        assert store.migrate() == 5  # re-runnable
+        assert store.migrate() == SCHEMA_VERSION == 6
+        assert store.migrate() == 6  # re-runnable
         run_id = store.start_reconciliation_run(account="A", update_types=["order"])
         store.finish_reconciliation_run(
             run_id,
