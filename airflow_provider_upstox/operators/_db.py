@@ -11,7 +11,6 @@ can never run ahead of the rows it covers on another database: see
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +45,20 @@ def save_progress(store: PortfolioStore, key: str, value: dict[str, Any]) -> Non
     store.save_operator_progress(key, value)
 
 
+def health_records(
+    conn_id: str, event: StreamEvent, consumer: str, observed_at: datetime | None = None
+) -> list[Any]:
+    """The health record of *event* for :meth:`PortfolioStore.apply` (its batch's transaction), or
+    none when *conn_id* cannot key a health row (longer than the column): a batch must never fail
+    for its health row."""
+    from airflow_provider_upstox.store import health
+
+    if len(conn_id) > health.MAX_CONN_ID:
+        log.warning("Connection id %r is too long for the stream health table; not recorded", conn_id)
+        return []
+    return [health.from_event(conn_id, event, consumer, observed_at or datetime.now(timezone.utc))]
+
+
 def record_health(
     store: PortfolioStore,
     conn_id: str,
@@ -54,20 +67,18 @@ def record_health(
     observed_at: datetime | None = None,
 ) -> None:
     """Record *event* in the stream health row of *conn_id* (:mod:`~airflow_provider_upstox.store.health`)."""
-    record_health_events(store, [(conn_id, event, observed_at or datetime.now(timezone.utc))], consumer)
+    record_stream_health(store, health_records(conn_id, event, consumer, observed_at))
 
 
-def record_health_events(
-    store: PortfolioStore, events: Iterable[tuple[str, StreamEvent, datetime]], consumer: str
-) -> None:
-    """One upsert for many (conn id, event, observed at); a failure is logged, never raised.
+def record_stream_health(store: PortfolioStore, records: list[Any]) -> None:
+    """One upsert of *records* on its own; a failure is logged, never raised.
 
     Health is for people watching: a database hiccup here must not fail a task whose batch is
     already committed (the next event records the health again).
     """
-    from airflow_provider_upstox.store import health
-
+    if not records:
+        return
     try:
-        store.record_stream_health([health.from_event(c, e, consumer, at) for c, e, at in events])
+        store.record_stream_health(records)
     except Exception:
         log.warning("Could not record the stream health", exc_info=True)

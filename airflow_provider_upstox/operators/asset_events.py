@@ -43,9 +43,10 @@ from airflow_provider_upstox.models.events import (
 )
 from airflow_provider_upstox.models.updates import SNAPSHOT, Update
 from airflow_provider_upstox.operators._db import (
+    health_records,
     load_progress,
     open_store,
-    record_health_events,
+    record_stream_health,
     save_progress,
 )
 from airflow_provider_upstox.store.health import WATCHER
@@ -118,15 +119,19 @@ def persist_asset_events(
 
     def flush() -> None:
         nonlocal pending, pending_size, mark_dt
-        for account, updates in pending.items():
+        # the chunk's stream health rides in the transaction of its last apply (or goes alone)
+        records = [r for c, e, at in seen for r in health_records(c, e, WATCHER, at)]
+        seen.clear()
+        for i, (account, updates) in enumerate(pending.items(), 1):
             if any(u.source == SNAPSHOT for u in updates):
                 # Before apply(): the orders whose snapshot state the store never saw, for the
                 # history backfill (UpstoxHistoryBackfillOperator drains the queue).
                 store.queue_history_backfill(account, updates)
-            store.apply(updates, account=account)
-        if seen:
-            record_health_events(store, seen, WATCHER)
-            seen.clear()
+            last_apply = i == len(pending)
+            store.apply(updates, account=account, health_records=records if last_apply else ())
+            records = [] if last_apply else records
+        if records:
+            record_stream_health(store, records)
         if last is not None:
             horizon = last.timestamp - LOOKBACK
             kept = {i: t for i, t in recent.items() if datetime.fromisoformat(t) >= horizon}

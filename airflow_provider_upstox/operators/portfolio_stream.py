@@ -64,7 +64,13 @@ from airflow_provider_upstox.models.updates import (
     normalize_update_types,
     now_us,
 )
-from airflow_provider_upstox.operators._db import load_progress, open_store, record_health, save_progress
+from airflow_provider_upstox.operators._db import (
+    health_records,
+    load_progress,
+    open_store,
+    record_health,
+    save_progress,
+)
 from airflow_provider_upstox.operators.stop_rules import StopRules, StreamProgress, optional_number
 from airflow_provider_upstox.store import ApplyResult
 from airflow_provider_upstox.store.health import TASK
@@ -277,8 +283,8 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         if isinstance(event, (ErrorEvent, TokenWaitEvent)):  # before: handling them may fail the task
             record_health(store, self.upstox_conn_id, event, TASK)
         committed = self._handle_event(context, store, progress, event)
-        if isinstance(event, (BatchEvent, IdleEvent)):  # after the batch's commit
-            record_health(store, self.upstox_conn_id, event, TASK)
+        if isinstance(event, IdleEvent) or (isinstance(event, BatchEvent) and not event.updates):
+            record_health(store, self.upstox_conn_id, event, TASK)  # a batch records it in apply()
         if committed is not None:
             progress.acked_seq = max(progress.acked_seq, committed)
         # Saved after the batch's commit, so acked_seq never runs ahead of what is in the store.
@@ -387,7 +393,12 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         if self.backfill_history and snapshot:
             # Before apply(): afterwards the snapshot's states are recorded and no gap shows.
             store.queue_history_backfill(account, updates)
-        result: ApplyResult = store.apply(updates, account=account, stream_key=f"conn:{self.upstox_conn_id}")
+        result: ApplyResult = store.apply(
+            updates,
+            account=account,
+            stream_key=f"conn:{self.upstox_conn_id}",
+            health_records=health_records(self.upstox_conn_id, event, TASK),  # same transaction
+        )
         now = now_us()
         progress.batches += 1
         progress.updates += len(updates)

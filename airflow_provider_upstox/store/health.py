@@ -53,7 +53,8 @@ DEFAULT_STALE_AFTER_S: Final = 600.0
 DEFAULT_LAG_WARN_MS: Final = 5000.0
 #: Most rows :func:`read_rows` returns (a thousand accounts fit many times over).
 MAX_ROWS: Final = 20_000
-_CONN_ID_MAX: Final = 191
+#: Longest connection id a health row can hold (the key column's length).
+MAX_CONN_ID: Final = 191
 
 
 @dataclass(frozen=True)
@@ -124,8 +125,8 @@ def write(conn: Connection, records: Sequence[StreamHealth], now: datetime) -> N
     """Upsert *records* (at most one per connection: the newest wins) in one statement."""
     newest: dict[str, StreamHealth] = {}
     for record in records:
-        if not record.conn_id or len(record.conn_id) > _CONN_ID_MAX:
-            raise ValueError(f"conn_id {record.conn_id!r} is empty or longer than {_CONN_ID_MAX} characters")
+        if not record.conn_id or len(record.conn_id) > MAX_CONN_ID:
+            raise ValueError(f"conn_id {record.conn_id!r} is empty or longer than {MAX_CONN_ID} characters")
         known = newest.get(record.conn_id)
         if known is None or record.observed_at >= known.observed_at:
             newest[record.conn_id] = record

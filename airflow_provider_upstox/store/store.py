@@ -137,7 +137,12 @@ class PortfolioStore:
 
     # ------------------------------------------------------------------ write
     def apply(
-        self, updates: Iterable[Update], account: str | None = None, *, stream_key: str | None = None
+        self,
+        updates: Iterable[Update],
+        account: str | None = None,
+        *,
+        stream_key: str | None = None,
+        health_records: Sequence[health.StreamHealth] = (),
     ) -> ApplyResult:
         """Write a batch of updates in one transaction; replays and stale states are harmless.
 
@@ -146,6 +151,8 @@ class PortfolioStore:
             holdings and GTT messages do not carry it; an order falls back to its ``user_id``).
         :param stream_key: name of the stream/consumer whose progress row (per account) records the
             highest seq and latest received time of the batch, in the same transaction.
+        :param health_records: stream health rows (:mod:`.health`) to upsert in the same transaction
+            (one statement more, no transaction more).
         :raises ValueError: a position, holding or GTT update has no account: a caller error, so
             nothing is written.
         """
@@ -161,7 +168,7 @@ class PortfolioStore:
         now = datetime.now(timezone.utc)
         batch = Batch(batch_updates, account, stream_key, now, random.getrandbits(62) + 1)
         try:
-            return self._write(batch)
+            return self._write(batch, health_records)
         except sa.exc.DataError as exc:
             log.warning(
                 "The database refused a value of a batch of %d updates (%s); isolating the update(s) "
@@ -169,16 +176,16 @@ class PortfolioStore:
                 len(batch.accepted),
                 type(exc.orig).__name__,
             )
-        return self._write_isolating(batch)
+        return self._write_isolating(batch, health_records)
 
-    def _write(self, batch: Batch) -> ApplyResult:
+    def _write(self, batch: Batch, health_records: Sequence[health.StreamHealth] = ()) -> ApplyResult:
         """*batch* in one transaction of the policy, by the store's writer."""
         while True:
             writer = self._writer
             if not writer.streams_validation:
                 batch.validate()  # before the transaction: it holds no connection meanwhile
             try:
-                return self._policy.run(functools.partial(_write_batch, writer, batch))
+                return self._policy.run(functools.partial(_write_batch, writer, batch, health_records))
             except WriterUnavailable as exc:
                 self._fall_back(writer, exc)
 
@@ -196,7 +203,7 @@ class PortfolioStore:
                 )
                 self._writer = SqlAlchemyWriter()
 
-    def _write_isolating(self, batch: Batch) -> ApplyResult:
+    def _write_isolating(self, batch: Batch, health_records: Sequence[health.StreamHealth]) -> ApplyResult:
         """*batch* minus the updates the database refuses (``DataError``), found by bisection.
 
         The rejects and the progress rows are written last, together, with the refused updates
@@ -217,7 +224,7 @@ class PortfolioStore:
             log.warning("Rejected %s", error)
             account = batch.accepted[i].row["account"]
             rejects.append(validation.reject_row(update, account, str(error), batch.now))
-        return total + self._write(batch.with_progress_only(rejects))
+        return total + self._write(batch.with_progress_only(rejects), health_records)
 
     # ------------------------------------------------------------------ state read
     def read_state(self, account: str) -> dict[str, dict[str, dict[str, Any]]]:
@@ -431,7 +438,9 @@ class PortfolioStore:
             return health.read_rows(conn, limit)
 
 
-def _write_batch(writer: BatchWriter, batch: Batch, conn: Connection) -> ApplyResult:
+def _write_batch(
+    writer: BatchWriter, batch: Batch, health_records: Sequence[health.StreamHealth], conn: Connection
+) -> ApplyResult:
     """Every table of *batch* through *writer*, in the one table order all writers keep."""
     counts, new_events = writer.write_orders(conn, batch)
     inserted, updated, ignored = counts.inserted, counts.updated, counts.ignored
@@ -448,4 +457,6 @@ def _write_batch(writer: BatchWriter, batch: Batch, conn: Connection) -> ApplyRe
     progress = batch.progress_rows()
     if progress:
         writer.write_progress(conn, progress)
+    if health_records:
+        health.write(conn, health_records, batch.now)
     return ApplyResult(inserted, updated, ignored, len(batch.rejects), new_events)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -217,13 +217,15 @@ def progress_sql(dialect: str) -> DriverSql:
     return driver_sql(progress_upsert(dialect), dialect, PROGRESS_COLUMNS)
 
 
+@cache
 def health_upsert(dialect: str) -> Any:
     """Upsert of ``upstox_stream_health`` rows: a row only moves forward in ``observed_at``.
 
     ``None`` in a counter or the error kind keeps the stored value (an error event carries no
     counters); ``last_message_at`` only grows; ``state_since`` changes with the state. On
     MySQL/MariaDB every assignment is guarded by the same condition and ``observed_at`` (its input)
-    is assigned last, ``state_since`` before ``state``.
+    is assigned last, ``state_since`` before ``state``. Built once per dialect (cached): building it
+    costs more than executing it.
     """
     t = schema.stream_health
     ins = _insert(dialect, t)

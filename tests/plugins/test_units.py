@@ -20,9 +20,9 @@ def test_entry_point_and_nav_entry() -> None:
     (ep,) = [e for e in entry_points(group="airflow.plugins") if e.name == "upstox_tokens"]
     plugin = ep.load()
     assert plugin.name == "upstox_tokens"
-    (view,) = plugin.external_views
-    assert view["href"] == "/upstox/tokens"
-    assert view["url_route"] == "upstox-tokens"
+    tokens, streams = plugin.external_views
+    assert (tokens["href"], tokens["url_route"]) == ("/upstox/tokens", "upstox-tokens")
+    assert (streams["href"], streams["url_route"]) == ("/upstox/streams", "upstox-streams")
     assert plugin.fastapi_apps == []  # not an API server: no app, no API-server imports
 
 

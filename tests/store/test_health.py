@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import pytest
 import sqlalchemy as sa
 
 from airflow_provider_upstox.models.events import (
@@ -165,3 +166,16 @@ def test_migration_6_adds_the_table_to_a_version_5_store(store: PortfolioStore) 
         assert current_version(conn) == 6
         assert sa.inspect(conn).has_table("upstox_stream_health")
     assert _record(fresh, _batch(_order(T0)), T0)["state"] == "connected"
+
+
+def test_apply_writes_the_health_row_in_the_batch_transaction(store: PortfolioStore) -> None:
+    batch = _batch(_order(T0, n=1))
+    record = health.from_event("upstox_a", batch, health.TASK, T0)
+    result = store.apply(batch.updates, account="AB1234", health_records=[record])
+    assert result.inserted == 1
+    assert [r["state"] for r in store.read_stream_health()] == ["connected"]
+    # one transaction: a health row the database cannot take rolls the batch back with it
+    bad = health.from_event("x" * (health.MAX_CONN_ID + 1), batch, health.TASK, T0)
+    with pytest.raises(ValueError, match="longer than"):
+        store.apply([_order(T0, n=2)], account="AB1234", health_records=[bad])
+    assert set(store.read_state("AB1234")["order"]) == {"O-1"}
