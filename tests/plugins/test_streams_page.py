@@ -286,3 +286,11 @@ def test_fleet_worst_first_escaped_paged_and_in_chromium(
         assert "NP2468" in page.body_text()
         assert not any(t in page.evaluate("document.documentElement.outerHTML") for t in tokens.values())
         page.screenshot(SCREENSHOTS / "upstox-streams-page.png")
+        # inside Airflow's UI: the nav entry (Browse > Upstox streams) shows the page in a frame
+        page.navigate(f"{base_url}/plugin/upstox-streams")
+        page.wait_for(
+            "(() => { const f = document.querySelector('iframe');"
+            " return !!(f && f.contentDocument && f.contentDocument.querySelector('tr[data-conn-id]')) })()",
+            90,
+        )
+        page.screenshot(SCREENSHOTS / "upstox-streams-in-airflow.png")
