@@ -69,11 +69,12 @@ from airflow_provider_upstox.operators._db import (
     load_progress,
     open_store,
     record_health,
+    record_stream_health,
     save_progress,
 )
 from airflow_provider_upstox.operators.stop_rules import StopRules, StreamProgress, optional_number
 from airflow_provider_upstox.store import ApplyResult
-from airflow_provider_upstox.store.health import TASK
+from airflow_provider_upstox.store.health import TASK, stopped
 from airflow_provider_upstox.triggers.token_wait import (
     DEFAULT_POLL_INTERVAL,
     DEFAULT_PROBE_INTERVAL,
@@ -292,6 +293,7 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         reason = rules.reason_to_stop(progress, now_us())
         if reason is None:
             self._defer(progress, rules)
+        record_stream_health(store, [stopped(self.upstox_conn_id, TASK, datetime.now(timezone.utc))])
         log.info(
             "Stopping the stream of %s: %s (%d batches, %d updates)",
             self.upstox_conn_id,

@@ -6,13 +6,14 @@ nothing. So the API server, which shows the Streams page anyway, reads the healt
 ``[upstox] health_metrics_interval`` seconds (default 60, ``0`` turns it off) in a daemon thread
 and sends gauges computed at that moment: ages grow while nothing is recorded.
 
-Per connection (tags ``conn_id`` and ``account``): ``upstox.stream.health.healthy`` (1/0),
+Per connection (tags ``conn_id`` and ``account``): ``upstox.stream.health.healthy`` (1: *ok* or
+*stopped*, nothing to do),
 ``.connected`` (1: connected or idle and not stale), ``.last_message_age`` and ``.last_event_age``
 (seconds), ``.reconnects``, ``.lag_ms``, ``.token_valid_for`` (seconds until the token dies).
 Fleet-wide, untagged so that plain StatsD sees them too: ``upstox.stream.health.<label>`` with
-``<label>`` in ``error``, ``token_refused``, ``stale``, ``lagging``, ``no_stream``, ``ok`` (how many
-connections are in it). Each API server worker sends the same gauges: a gauge is a value, so
-repeats are harmless.
+``<label>`` in ``error``, ``token_refused``, ``stale``, ``lagging``, ``no_stream``, ``stopped``,
+``ok`` (how many connections are in it). Each API server worker sends the same gauges: a gauge is a
+value, so repeats are harmless.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from airflow_provider_upstox.plugins import streams
+from airflow_provider_upstox.store import health
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ def emit(items: Iterable[Mapping[str, Any]], now_ms: int, stats: Any = None) -> 
     for item in listed:
         tags = {"conn_id": str(item["conn_id"]), "account": str(item["account"] or "unknown")}
         connected = item["state"] in ("connected", "idle") and item["health"] not in ("stale", "no stream")
-        stats.gauge(f"{PREFIX}.healthy", int(item["health"] == "ok"), tags=tags)
+        stats.gauge(f"{PREFIX}.healthy", int(item["health"] in health.FINE), tags=tags)
         stats.gauge(f"{PREFIX}.connected", int(connected), tags=tags)
         for name, key in (
             ("last_message_age", "last_message_age_s"),

@@ -180,9 +180,10 @@ def summary(items: Iterable[Mapping[str, Any]]) -> dict[str, int]:
 def page_of(
     items: list[dict[str, Any]], offset: int, limit: int, only: str | None
 ) -> tuple[list[dict[str, Any]], int]:
-    """The page of *items* (optionally only health *only*, or ``problems``: not ok) and the total."""
+    """The page of *items* (optionally only health *only*, or ``problems``: not
+    :data:`~airflow_provider_upstox.store.health.FINE`) and the total."""
     if only == "problems":
-        items = [i for i in items if i["health"] != "ok"]
+        items = [i for i in items if i["health"] not in health.FINE]
     elif only:
         items = [i for i in items if i["health"] == only]
     limit = max(1, min(limit, MAX_LIMIT))

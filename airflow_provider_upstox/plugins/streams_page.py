@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 
 from airflow_provider_upstox.plugins.page import _STYLE
 from airflow_provider_upstox.plugins.status import format_ms
+from airflow_provider_upstox.store import health
 
 _STREAM_STYLE = """
 .summary{display:flex;gap:8px;flex-wrap:wrap;margin:0 0 14px}
@@ -20,7 +21,7 @@ _STREAM_STYLE = """
 text-decoration:none;font-size:13px}.chip b{font-size:16px;margin-right:4px}.chip.on{border-color:#017cee}
 .h-error{background:#fed7d7;color:#822727}.h-token-refused{background:#fbd38d;color:#744210}
 .h-stale{background:#feebc8;color:#7b341e}.h-lagging{background:#fefcbf;color:#744210}
-.h-no-stream{background:#e2e8f0;color:#2d3748}.h-ok{background:#c6f6d5;color:#22543d}
+.h-no-stream{background:#e2e8f0;color:#2d3748}.h-stopped{background:#e9d8fd;color:#44337a}.h-ok{background:#c6f6d5;color:#22543d}
 table.streams td{white-space:nowrap} .badge{white-space:nowrap}
 td.num{text-align:right;font-variant-numeric:tabular-nums} .pager{margin-top:12px;font-size:14px}
 .pager a{margin-right:12px}
@@ -118,7 +119,7 @@ def streams_page(
              f"{sum(counts.values())}</b>all</a>"]  # fmt: skip
     chips.append(
         f'<a class="chip{" on" if only == "problems" else ""}" href="{link(only="problems", offset=0)}">'
-        f"<b>{sum(n for k, n in counts.items() if k != 'ok')}</b>need attention</a>"
+        f"<b>{sum(n for k, n in counts.items() if k not in health.FINE)}</b>need attention</a>"
     )
     for label, n in counts.items():
         on = " on" if only == label else ""

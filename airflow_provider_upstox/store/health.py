@@ -3,9 +3,10 @@
 The trigger runs in the triggerer, the plugin page in the API server: the one place both reach is
 the store, so each consumer of the trigger's events (the continuous operator, the asset-event
 operator) records one row per ``upstox`` connection in ``upstox_stream_health`` after persisting an
-event: its state (``connected``, ``idle``, ``token_wait``, ``error``), the newest live message, the
-stream client's counters and lag, the last error's *kind* (never its text: the row is shown to
-everyone who may read the connection).
+event: its state (``connected``, ``idle``, ``token_wait``, ``error``, or ``stopped`` when the
+continuous operator ends on a stop rule), the newest live message, the stream client's counters and
+lag, the last error's *kind* (never its text: the row is shown to everyone who may read the
+connection).
 
 One upsert per event (or per chunk of asset events), duplicate-safe: a row only moves forward in
 ``observed_at`` (the event's time), so a repeated or late event (HA triggerers, a second DAG run)
@@ -39,12 +40,16 @@ CONNECTED: Final = "connected"
 IDLE: Final = "idle"
 TOKEN_WAIT: Final = "token_wait"
 ERROR: Final = "error"
+#: The continuous operator ended its try on a stop rule (``stop_at``, ``stop_after_idle``...).
+STOPPED: Final = "stopped"
 #: Who recorded a row: the continuous operator (deferral mode) or the asset-event operator.
 TASK: Final = "task"
 WATCHER: Final = "watcher"
 
 #: Health labels, worst first: the order of the page (and of :func:`assess`'s rank).
-HEALTH_ORDER: Final = ("error", "token refused", "stale", "lagging", "no stream", "ok")
+HEALTH_ORDER: Final = ("error", "token refused", "stale", "lagging", "no stream", "stopped", "ok")
+#: Labels that need nobody's attention; every other one does.
+FINE: Final = frozenset({"stopped", "ok"})
 
 #: Defaults of :func:`assess`: a stream that recorded nothing for 10 minutes is stale (the continuous
 #: operator records at least every ``idle_timeout``, 60 s by default), one whose newest batch waited
@@ -121,6 +126,11 @@ def from_event(conn_id: str, event: StreamEvent, consumer: str, observed_at: dat
     )
 
 
+def stopped(conn_id: str, consumer: str, observed_at: datetime) -> StreamHealth:
+    """The record of a stream its operator stopped on a stop rule (the other columns are kept)."""
+    return StreamHealth(conn_id=conn_id, consumer=consumer, state=STOPPED, observed_at=observed_at)
+
+
 def write(conn: Connection, records: Sequence[StreamHealth], now: datetime) -> None:
     """Upsert *records* (at most one per connection: the newest wins) in one statement."""
     newest: dict[str, StreamHealth] = {}
@@ -163,6 +173,8 @@ def assess(
         return "error"
     if row["state"] == TOKEN_WAIT:
         return "token refused"
+    if row["state"] == STOPPED:  # on purpose (after market hours, say): not stale, however old
+        return "stopped"
     if (now - row["last_event_at"]).total_seconds() > stale_after_s:
         return "stale"
     if row.get("lag_ms") is not None and row["lag_ms"] > lag_warn_ms:

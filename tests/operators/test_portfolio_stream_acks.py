@@ -8,6 +8,7 @@ highest committed seq after each commit, read back from its progress record in t
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -128,3 +129,24 @@ def test_each_wake_up_records_the_stream_health(operator: UpstoxPortfolioStreamO
         operator.execute_complete(context, refused)
     (row,) = store.read_stream_health()
     assert (row["state"], row["error_kind"], row["reconnects"]) == ("error", "configuration", 1)
+
+
+def test_a_stop_rule_records_a_stopped_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After market hours a stopped stream is *stopped*, not *stale*, however long ago it stopped."""
+    from airflow_provider_upstox.hooks.store import get_portfolio_store
+    from airflow_provider_upstox.store import health
+
+    db = tmp_path / "stop.db"
+    monkeypatch.setenv("AIRFLOW_CONN_UPSTOX_STOP_DB", json.dumps({"conn_type": "sqlite", "host": str(db)}))
+    operator = UpstoxPortfolioStreamOperator(
+        task_id="stream", upstox_conn_id="upstox_stop", sql_conn_id="upstox_stop_db", emit_assets=False,
+        max_batches=1, backfill_history=False,
+    )  # fmt: skip
+    context = _context("run-stop")
+    _deferred_trigger(lambda: operator.execute(context))
+    batch = [_order("250106000000004", "open")]
+    event = {"status": "batch", "account": "AB1234", "updates": encode_updates(batch), "stats": {}}
+    assert operator.execute_complete(context, event)["reason"] == "max_batches=1 reached"
+    (row,) = get_portfolio_store("upstox_stop_db").read_stream_health()
+    assert (row["state"], row["account"]) == ("stopped", "AB1234")
+    assert health.assess(row, row["last_event_at"] + timedelta(days=1)) == "stopped"

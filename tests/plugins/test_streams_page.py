@@ -220,6 +220,7 @@ def _fleet(store: PortfolioStore) -> dict[str, str]:
         ("upstox_desk_07", error, timedelta(seconds=40), "error"),
         ("upstox_desk_09", batch("QR1122", 22.0, 2, 1), timedelta(seconds=1), "ok"),
         ("upstox_desk_10", batch("ST3344", 61.0, 0, 3), timedelta(seconds=3), "ok"),
+        ("upstox_desk_11", batch("UV5566", 30.0, 1, 7300), timedelta(hours=2, minutes=1), "stopped"),
     ]
     store.record_stream_health(
         [
@@ -227,14 +228,17 @@ def _fleet(store: PortfolioStore) -> dict[str, str]:
             for i, (c, e, ago, _) in enumerate(fleet)
         ]
     )
-    # the stale one: its last persisted event is old (last_event_at is the time of recording)
+    # the stopped one: its task ended on stop_at two hours ago
+    store.record_stream_health([health.stopped("upstox_desk_11", health.TASK, now - timedelta(hours=2))])
+    # the stale and the stopped one recorded their last event long ago (last_event_at: time of recording)
     from sqlalchemy import update
 
     from airflow_provider_upstox.store import schema
 
     with store.engine.begin() as conn:
         t = schema.stream_health
-        conn.execute(update(t).where(t.c.conn_id == "upstox_desk_05").values(last_event_at=now - fleet[4][2]))
+        for conn_id, ago in (("upstox_desk_05", fleet[4][2]), ("upstox_desk_11", timedelta(hours=2))):
+            conn.execute(update(t).where(t.c.conn_id == conn_id).values(last_event_at=now - ago))
     expected = {c: label for c, _, _, label in fleet}
     expected["upstox_desk_08"] = "no stream"  # a connection that never streamed
     return expected
@@ -264,7 +268,7 @@ def test_fleet_worst_first_escaped_paged_and_in_chromium(
     problems = _streams(server, only="problems", limit=2)
     assert len(problems["streams"]) == 2
     assert problems["total"] >= 5
-    assert all(s["health"] != "ok" for s in problems["streams"])
+    assert all(s["health"] not in health.FINE for s in problems["streams"])
 
     html = server.get("/upstox/streams").text
     assert "timed out" not in html  # the kind, never the error's text
@@ -280,7 +284,7 @@ def test_fleet_worst_first_escaped_paged_and_in_chromium(
     base_url = str(server.base_url).rstrip("/")
     with chromium_page(browser, width=1500, height=900) as page:
         page.navigate(f"{base_url}/upstox/streams")
-        page.wait_for("document.querySelectorAll('tr[data-conn-id]').length >= 10", 60)
+        page.wait_for("document.querySelectorAll('tr[data-conn-id]').length >= 12", 60)
         first = page.evaluate("document.querySelector('tr[data-conn-id]').dataset.health")
         assert first == "error"
         assert "NP2468" in page.body_text()

@@ -46,7 +46,7 @@ def test_join_orders_worst_first_and_hides_what_the_user_may_not_read() -> None:
     ]
     assert items[-2]["token"] is None
     assert streams.summary(items) == {"error": 1, "token refused": 0, "stale": 2, "lagging": 0,
-                                      "no stream": 1, "ok": 2}  # fmt: skip
+                                      "no stream": 1, "stopped": 0, "ok": 2}  # fmt: skip
     page, total = streams.page_of(items, 1, 2, "problems")
     assert ([i["conn_id"] for i in page], total) == (["c_stale_old", "c_stale_new"], 4)
     assert streams.page_of(items, 0, 10**6, None)[0] == items  # the limit is capped, not refused

@@ -150,7 +150,9 @@ def test_assess_ranks_worst_first() -> None:
     assert health.assess({**base, "state": "token_wait"}, now) == "token refused"
     assert health.assess({**base, "state": "error"}, now) == "error"
     assert health.assess(None, now) == "no stream"
-    labels = ["ok", "no stream", "error", "stale", "token refused", "lagging"]
+    stopped_long_ago = {**base, "state": "stopped", "last_event_at": now - timedelta(days=2)}
+    assert health.assess(stopped_long_ago, now) == "stopped"
+    labels = ["ok", "stopped", "no stream", "error", "stale", "token refused", "lagging"]
     assert sorted(labels, key=health.rank) == list(health.HEALTH_ORDER)
 
 
