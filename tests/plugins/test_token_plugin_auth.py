@@ -54,7 +54,8 @@ def test_only_connection_editors_may_log_in(
         http.delete("/api/v2/connections/upstox_guarded", headers=operator)
         assert http.post("/api/v2/connections", json=body, headers=operator).status_code == 201
 
-        for path in ("/upstox/tokens", "/upstox/api/connections", "/upstox/oauth/callback?code=x&state=y"):
+        for path in ("/upstox/tokens", "/upstox/api/connections", "/upstox/oauth/callback?code=x&state=y",
+                     "/upstox/streams", "/upstox/api/streams"):  # fmt: skip
             assert http.get(path).status_code == 401, path
         assert http.post("/upstox/oauth/start/upstox_guarded").status_code == 401
 
@@ -62,6 +63,10 @@ def test_only_connection_editors_may_log_in(
         assert seen_by_viewer.status_code == 200
         assert seen_by_viewer.json()["connections"] == []
         assert "/upstox/notifier/" not in http.get("/upstox/tokens", headers=viewer).text
+        # the Streams view shows only connections the user may read
+        assert http.get("/upstox/api/streams", headers=viewer).json()["streams"] == []
+        streams = http.get("/upstox/api/streams", headers=operator).json()["streams"]
+        assert [(s["conn_id"], s["health"]) for s in streams] == [("upstox_guarded", "no stream")]
         refused = http.post("/upstox/oauth/start/upstox_guarded", headers=viewer, follow_redirects=False)
         assert refused.status_code == 403
 
