@@ -226,8 +226,8 @@ def test_version_5_upgrade_keeps_every_row(db_url: str) -> None:
         old._migrated = True  # write as a version-4 store would: orders and events only
         old.apply([update(realistic_history()[0], STREAM, BASE_RECEIVED_US, 1)], account="OLD1")
         assert not sa.inspect(engine).has_table(schema.trades.name)
-        assert PortfolioStore(engine).migrate() == 5
-        assert PortfolioStore(engine).migrate() == 5  # re-runnable
+        assert PortfolioStore(engine).migrate() == schema.SCHEMA_VERSION == 6
+        assert PortfolioStore(engine).migrate() == 6  # re-runnable
         inspector = sa.inspect(engine)
         assert inspector.has_table(schema.trades.name)
         assert inspector.has_table(schema.backfill_queue.name)
