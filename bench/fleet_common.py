@@ -23,6 +23,8 @@ from typing import Any
 
 import httpx
 
+from airflow_provider_upstox.simulator.__main__ import account_token
+
 TYPES = "order,position,holding,gtt_order"
 
 
@@ -47,7 +49,7 @@ class FleetSimulator:
 
     def __init__(self, accounts: int) -> None:
         self.accounts = accounts
-        self.token = f"fleet-{secrets.token_urlsafe(16)}"
+        self.token = secrets.token_urlsafe(222)  # ~300 characters, as long as a real Upstox token
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
@@ -66,7 +68,7 @@ class FleetSimulator:
         raise RuntimeError("simulator did not start")
 
     def tokens(self) -> list[str]:
-        return [self.token] + [f"{self.token}-{i}" for i in range(1, self.accounts)]
+        return [self.token] + [account_token(self.token, i) for i in range(1, self.accounts)]
 
     def post(self, what: str, **params: Any) -> dict[str, Any]:
         r = self.http.post(f"/_sim/{what}", params={k: json.dumps(v) for k, v in params.items()})

@@ -59,6 +59,11 @@ async def ashared_ssl_context(verify: bool = True) -> ssl.SSLContext:
 #: concurrent connections answered faster than 100. A stream makes ~6 requests per (re)connect,
 #: so a fresh connection per request costs little.
 SHARED_POOL_LIMITS = httpx.Limits(max_connections=32, max_keepalive_connections=0)
+#: Requests in the shared pool at once. The rest wait on an ``asyncio.Semaphore`` (FIFO) in front
+#: of it, not in the pool's own queue: ``httpcore`` scans every queued request against every
+#: connection each time one frees up, so 100 streams starting at once spent 42 s of CPU there
+#: (profile of ``bench/stream_fleet.py``); the semaphore costs nothing per waiter.
+SHARED_POOL_IN_FLIGHT = 32
 
 _PoolKey = tuple[asyncio.AbstractEventLoop, tuple[bool, str | None, str | None]]
 
@@ -66,10 +71,11 @@ _PoolKey = tuple[asyncio.AbstractEventLoop, tuple[bool, str | None, str | None]]
 class _SharedHttp:
     """One ``httpx.AsyncClient`` and how many :class:`AsyncUpstoxClient` use it."""
 
-    __slots__ = ("http", "users")
+    __slots__ = ("gate", "http", "users")
 
     def __init__(self, http: httpx.AsyncClient) -> None:
         self.http = http
+        self.gate = asyncio.Semaphore(SHARED_POOL_IN_FLIGHT)
         self.users = 0
 
 
@@ -80,7 +86,7 @@ def _pool_key(verify: bool) -> _PoolKey:
     return asyncio.get_running_loop(), ssl_key(verify)
 
 
-def _acquire_shared_http(verify: bool) -> tuple[_PoolKey, httpx.AsyncClient]:
+def _acquire_shared_http(verify: bool) -> tuple[_PoolKey, _SharedHttp]:
     """The running loop's shared client for *verify* (created on first use), one more user counted."""
     key = _pool_key(verify)
     entry = _shared_http.get(key)
@@ -92,7 +98,7 @@ def _acquire_shared_http(verify: bool) -> tuple[_PoolKey, httpx.AsyncClient]:
         )
         _shared_http[key] = entry
     entry.users += 1
-    return key, entry.http
+    return key, entry
 
 
 async def _release_shared_http(key: _PoolKey, http: httpx.AsyncClient) -> None:
@@ -147,6 +153,7 @@ class AsyncUpstoxClient:
         self._on_secret = on_secret
         self._retry_wait = retry_wait
         self._pool_key: _PoolKey | None = None
+        self._gate: asyncio.Semaphore | None = None
         self._closed = False
         if transport is not None or not _in_event_loop():
             self._http = httpx.AsyncClient(
@@ -156,7 +163,8 @@ class AsyncUpstoxClient:
                 follow_redirects=False,
             )
         else:
-            self._pool_key, self._http = _acquire_shared_http(config.verify)
+            self._pool_key, shared = _acquire_shared_http(config.verify)
+            self._http, self._gate = shared.http, shared.gate
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
@@ -183,7 +191,11 @@ class AsyncUpstoxClient:
         """One attempt: the only place this client touches the network."""
         request = core.build_request(self.config, call)
         try:
-            response = await self._http.send(request)
+            if self._gate is None:
+                response = await self._http.send(request)
+            else:
+                async with self._gate:  # the body is read before the slot is given back
+                    response = await self._http.send(request)
         except httpx.HTTPError as exc:
             raise core.translate_transport_error(exc, call.path) from exc
         log.debug("%s %s -> HTTP %s", call.method, call.path, response.status_code)

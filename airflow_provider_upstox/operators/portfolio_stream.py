@@ -343,7 +343,13 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
             log.debug("No update since %d; checking stop conditions", event.idle_since_us)
         else:
             log.debug("Woken by the deferral timeout; checking stop conditions")
-        if self.backfill_history and progress.account and not isinstance(event, ErrorEvent):
+        waiting_for_token = progress.token_wait is not None  # no call with a refused token
+        if (
+            self.backfill_history
+            and progress.account
+            and not waiting_for_token
+            and not isinstance(event, ErrorEvent)
+        ):
             # A quiet market still owes the fills of its last live updates, and any queued history.
             self._backfill(store, progress, progress.account, snapshot=False)
         return None
@@ -435,14 +441,19 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         seconds while live updates show new fills.
         """
         from airflow_provider_upstox.backfill import run_backfill
-        from airflow_provider_upstox.hooks.upstox import UpstoxHook
+        from airflow_provider_upstox.hooks.upstox import UpstoxHook, is_token_refusal, token_fingerprint
 
         now = now_us()
         due = progress.fills_pending and now - progress.trade_book_at_us >= self.trade_book_interval * 1e6
         if not (snapshot or due or store.pending_history_backfill(account, limit=1)):
             return
+        hook = UpstoxHook(upstox_conn_id=self.upstox_conn_id)
+        if progress.backfill_refused_token is not None:
+            if hook.token_fingerprint() == progress.backfill_refused_token:
+                return  # no call with a token Upstox refused; the queue waits for the new one
+            progress.backfill_refused_token = None
         try:
-            with UpstoxHook(upstox_conn_id=self.upstox_conn_id).get_conn() as client:
+            with hook.get_conn() as client:
                 result = run_backfill(
                     store,
                     client,
@@ -452,6 +463,8 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
                 )
         except UpstoxError as exc:  # the queue is in the database: the next wake-up goes on
             log.warning("History backfill of %s paused: %s", account, exc)
+            if is_token_refusal(exc):
+                progress.backfill_refused_token = token_fingerprint(hook.get_settings().config.access_token)
             return
         if result.trade_book_read:
             progress.trade_book_at_us = now

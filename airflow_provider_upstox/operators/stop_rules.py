@@ -52,6 +52,9 @@ class StreamProgress:
     fills_pending: bool = False
     #: when the trade book was last read (epoch µs; ``0``: not in this try)
     trade_book_at_us: int = 0
+    #: fingerprint of a token Upstox refused to the history backfill: no backfill call until the
+    #: connection holds another one (the stream may not have noticed the refusal yet)
+    backfill_refused_token: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

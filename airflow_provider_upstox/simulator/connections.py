@@ -42,6 +42,8 @@ class Counters:
     http_requests: int = 0
     injected_http_errors: int = 0
     unauthorized: int = 0  #: requests refused with 401 for a missing/wrong/expired token
+    #: the paths of the last refused requests (no query: it may hold a code), to tell who called
+    unauthorized_paths: list[str] = field(default_factory=list)
     rate_limited: int = 0  #: requests refused with 429 (an account over its rate limits, if enforced)
     model_messages: int = 0
     model_steps: int = 0

@@ -380,6 +380,10 @@ class UpstoxSimulator:
         account = self.account_for(request)
         if account is None:
             self.counters.unauthorized += 1
+            self.counters.unauthorized_paths = [
+                *self.counters.unauthorized_paths[-19:],
+                urlsplit(request.path).path,
+            ]
             return h.error(401, h.INVALID_TOKEN)
         if not account.rate.hit(urlsplit(request.path).path, time.monotonic()):
             self.counters.rate_limited += 1

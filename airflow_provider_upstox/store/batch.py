@@ -12,6 +12,7 @@ distinct order state (:meth:`Batch.order_events`), the rejected updates and the 
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, Final
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 #: The state tables' update types, in the order a batch writes them (orders first).
 UPDATE_TYPES: Final = tuple(schema.STATE_TABLES)
+_KEY: Final = operator.attrgetter("key")
 
 
 class Batch:
@@ -153,19 +155,34 @@ class Batch:
     def winners(self, update_type: str) -> tuple[list[PreparedRow], int]:
         """The winning state per key of *update_type* (highest version, then first in the batch),
         sorted by key, and how many updates lost to another of the batch."""
+        items = self._by_type[update_type]
+        unique = self._sorted_if_unique(update_type)
+        if unique is not None:
+            return unique, 0
         best: dict[tuple[str, ...], PreparedRow] = {}
-        for prepared in self._by_type[update_type]:
+        for prepared in items:
             current = best.get(prepared.key)
             if current is None or prepared.version > current.version:
                 best[prepared.key] = prepared
-        return [best[k] for k in sorted(best)], len(self._by_type[update_type]) - len(best)
+        return [best[k] for k in sorted(best)], len(items) - len(best)
 
     def order_events(self) -> list[PreparedRow]:
         """The first update of each distinct order state (its ``upstox_order_events`` row), by key."""
+        unique = self._sorted_if_unique(ORDER)
+        if unique is not None:  # one update per order: (key, state_id) sorts as the key does
+            return unique
         first: dict[tuple[str, ...], PreparedRow] = {}
         for prepared in self._by_type[ORDER]:
             first.setdefault((*prepared.key, prepared.state_id), prepared)  # type: ignore[arg-type]
         return [first[k] for k in sorted(first)]
+
+    def _sorted_if_unique(self, update_type: str) -> list[PreparedRow] | None:
+        """The updates of *update_type* sorted by key when no key repeats (the common batch: nothing
+        to choose between, found with C-level calls), else ``None``. A new list each call."""
+        items = self._by_type[update_type]
+        if len(set(map(_KEY, items))) != len(items):
+            return None
+        return sorted(items, key=_KEY)
 
     def progress_rows(self) -> list[dict[str, Any]]:
         """The ``upstox_stream_progress`` rows of the batch, one per account, sorted."""

@@ -211,6 +211,21 @@ def driver_sql(stmt: Any, dialect: str, columns: Sequence[str] = ()) -> DriverSq
     return DriverSql(str(compiled), tuple(compiled.positiontup or ()))
 
 
+@lru_cache(maxsize=32)
+def multi_row(text: str, rows: int) -> str:
+    """*text*, a driver ``INSERT ... VALUES (?, ...) ...``, taking *rows* rows of parameters at once.
+
+    One statement of many rows does the per-row work (bind, step, reset) in the database's C code
+    instead of one driver round per row (the SQLite writer: ~11% fewer instructions for its SQL).
+    """
+    head, values, tail = text.partition(" VALUES ")
+    end = tail.index(")") + 1
+    group = tail[:end]
+    if not values or group.strip("(?, )"):
+        raise ValueError(f"not an INSERT ... VALUES of plain parameters: {text[:80]!r}")
+    return head + values + ", ".join([group] * rows) + tail[end:]
+
+
 @lru_cache(maxsize=4)
 def progress_sql(dialect: str) -> DriverSql:
     """:func:`progress_upsert` as driver text (PostgreSQL and SQLite writers)."""

@@ -39,6 +39,15 @@ CONN_ID = "upstox_ride"
 TASK_ID = f"stream__{CONN_ID}"
 
 
+def _task_log(http: httpx.Client) -> str:
+    """The first try's log of the stream task of the test's one run (empty until it exists)."""
+    runs = http.get(f"/api/v2/dags/{DAG_ID}/dagRuns").json().get("dag_runs", [])
+    if not runs:
+        return ""
+    run_url = f"/api/v2/dags/{DAG_ID}/dagRuns/{runs[0]['dag_run_id']}/taskInstances/{TASK_ID}"
+    return http.get(f"{run_url}/logs/1", headers={"Accept": "application/json"}).text
+
+
 def _order_events(engine: sa.Engine) -> int:
     try:
         with engine.connect() as conn:
@@ -82,10 +91,6 @@ def test_stream_task_rides_through_the_expiry_renewed_through_the_notifier(
             wait_for(
                 lambda: http.get(f"/api/v2/dags/{DAG_ID}").status_code == 200, 180, "DAG not parsed", logs
             )
-            # The metadata DB is shared with earlier tests of the session: only runs made from here count.
-            earlier_runs = {
-                r["dag_run_id"] for r in http.get(f"/api/v2/dags/{DAG_ID}/dagRuns").json()["dag_runs"]
-            }
             http.patch(f"/api/v2/dags/{DAG_ID}", json={"is_paused": False})
 
             # Streaming: the market runs once the stream is connected, and updates are stored.
@@ -97,13 +102,22 @@ def test_stream_task_rides_through_the_expiry_renewed_through_the_notifier(
             # 03:30: the token dies mid-session. The task must neither fail nor be retried.
             simulator.control.expire_token()
             wait_for(lambda: simulator.control.counters()["unauthorized"] >= 2, 60, "token not refused", logs)
-            time.sleep(2)  # the episode starts: the operator learns of it and re-defers
-            refused = simulator.control.counters()["unauthorized"]
+            # The episode starts: the operator learns of it (one warning in the task's log) and re-defers.
+            wait_for(
+                lambda: "refused the access token of connection" in _task_log(http), 60, "no episode", logs
+            )
+            time.sleep(1)
+            counters = simulator.control.counters()
+            refused = counters["unauthorized"]
             time.sleep(8)  # waiting: a few heartbeats, no call with the refused token
             # Nothing once waiting. Before it: the refusal at the reconnect, its one confirmation,
             # and at most one history/trade-book read of the operator that raced the stream's refusal.
-            assert simulator.control.counters()["unauthorized"] == refused
-            assert refused in (2, 3), refused
+            after = simulator.control.counters()
+            assert after["unauthorized"] == refused, (
+                counters["unauthorized_paths"],
+                after["unauthorized_paths"],
+            )
+            assert refused in (2, 3), counters["unauthorized_paths"]
 
             # The phone: token request, approval -> the simulator POSTs to the plugin's notifier.
             app = login.LoginApp(APP["client_id"], APP["client_secret"])
@@ -121,11 +135,7 @@ def test_stream_task_rides_through_the_expiry_renewed_through_the_notifier(
             state = simulator.control.state()
             wait_for(lambda: not compare_with_simulator(engine, state), 60, "store != ground truth", logs)
             assert compare_with_simulator(engine, state) == []
-            runs = [
-                r
-                for r in http.get(f"/api/v2/dags/{DAG_ID}/dagRuns").json()["dag_runs"]
-                if r["dag_run_id"] not in earlier_runs
-            ]
+            runs = http.get(f"/api/v2/dags/{DAG_ID}/dagRuns").json()["dag_runs"]  # the test's own DB
             assert len(runs) == 1, runs  # the same run all along: no restart
             run_url = f"/api/v2/dags/{DAG_ID}/dagRuns/{runs[0]['dag_run_id']}/taskInstances/{TASK_ID}"
             ti = http.get(run_url).json()

@@ -7,6 +7,7 @@ log record (caplog at DEBUG, httpx's own logs included).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -300,3 +301,31 @@ def test_readme_env_var_form_with_default_conn_id(sim: Any, monkeypatch: pytest.
     hook = UpstoxHook(retry_wait=None)
     assert hook.get_account_id() == sim.control.state()["user_id"]
     assert hook.get_settings().update_types == ("order", "position", "holding", "gtt_order")
+
+
+async def test_superseded_masker_regexes_leave_the_regex_cache(
+    monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """A thousand accounts' tokens must not leave a thousand growing masker regexes in ``re``'s cache.
+
+    Airflow's masker compiles one regex of all its values on each new one, through ``re.compile``,
+    which caches every version (memory quadratic in the accounts). The hook empties the cache once
+    per new token. ``re``'s cache is private: this test reads it only to see what is held.
+    """
+    import re
+    import secrets
+
+    tokens = [secrets.token_urlsafe(48) for _ in range(3)]
+    for i, token in enumerate(tokens):
+        conn_id = set_connection(
+            monkeypatch, f"upstox_regex_{mode}_{i}", password=token, host="http://127.0.0.1:1"
+        )
+        hook = make_hook(conn_id)
+        await (hook.aget_settings() if mode == "async" else asyncio.to_thread(hook.get_settings))
+    cached = [
+        key[1]
+        for cache in (getattr(re, "_cache", {}), getattr(re, "_cache2", {}))
+        for key in cache
+        if isinstance(key, tuple) and len(key) > 1 and isinstance(key[1], str)
+    ]
+    assert not [pattern for pattern in cached if re.escape(tokens[0]) in pattern]

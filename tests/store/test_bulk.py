@@ -142,3 +142,37 @@ def test_driver_errors_surface_as_sqlalchemy_errors_and_nothing_is_written(store
         conn.exec_driver_sql("ALTER TABLE upstox_stream_progress_gone RENAME TO upstox_stream_progress")
     assert store.read_state("ERR") == {"order": {}, "position": {}, "holding": {}, "gtt_order": {}}
     assert store.get_progress("ERR") is None
+
+
+def _orders(ids: range, recv: int, **fields: Any) -> list[Update]:
+    return [upd("order", order_message(f"2402210{i:08d}", **fields), recv=recv) for i in ids]
+
+
+@pytest.mark.parametrize("n", [19, 20, 21, 47])
+@pytest.mark.parametrize("duplicates", [False, True])
+def test_batches_of_many_rows_count_and_store_as_one_row_at_a_time(
+    store: PortfolioStore, n: int, duplicates: bool
+) -> None:
+    """Batches around and over the SQLite writer's rows per statement (20: multi-row statements
+    and a remainder) count and store what SQLAlchemy's statements do, with new, newer, stale and
+    (optionally) in-batch duplicate states mixed in one batch."""
+    first = _orders(range(n), recv=10, status="open")
+    second = [
+        *_orders(range(0, n + 4, 2), recv=20, status="open", filled_quantity=5, pending_quantity=5),
+        *_orders(range(1, n, 2), recv=5, status="open"),  # stale: received before the stored state
+        *_orders(range(n + 5, n + 5 + n // 3), recv=20, status="open"),  # new orders
+    ]
+    if duplicates:  # a later state of some orders, and an exact replay of one, in the same batch
+        second += _orders(range(0, n, 3), recv=30, status="complete", filled_quantity=10, pending_quantity=0)
+        second += _orders(range(1), recv=25, status="open", filled_quantity=5, pending_quantity=5)
+    fast = [store.apply(batch, account="FAST") for batch in (first, second)]
+    store._writer = sqlalchemy_core.SqlAlchemyWriter()  # the reference: one statement per table
+    slow = [store.apply(batch, account="SLOW") for batch in (first, second)]
+    assert fast == slow
+    assert fast[0].inserted == fast[0].events == n
+    assert fast[1].updated >= n // 2  # both kinds really happened
+    assert fast[1].ignored >= n // 2
+    for table in (schema.orders, schema.order_events):
+        fast_rows, slow_rows = _raw_rows(store, table, "FAST"), _raw_rows(store, table, "SLOW")
+        assert len(fast_rows) == len(slow_rows) > n, table.name
+        assert [_norm_json(r) for r in fast_rows] == [_norm_json(r) for r in slow_rows], table.name

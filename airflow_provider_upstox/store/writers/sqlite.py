@@ -1,13 +1,16 @@
-"""How a batch reaches SQLite: ONE ``executemany`` per table and batch, through the ``sqlite3`` driver.
+"""How a batch reaches SQLite: multi-row ``INSERT`` statements per table, through the ``sqlite3`` driver.
 
-The statements are those of :mod:`..upsert`, compiled once to driver text (``?`` parameters), so
-the driver parses each once per connection (its statement cache) and binds every value in C. The
+The statements are those of :mod:`..upsert`, compiled once to driver text (``?`` parameters) and
+repeated for 20 rows per statement (:func:`_execute_rows`; the rest of a batch goes through
+``executemany``), so the driver parses each once per connection (its statement cache), binds every
+value in C and SQLite steps through 20 rows per call (~11% fewer instructions than one
+``executemany`` step per row, README "Why SQLite stays under 0.75x"). The
 values are converted here exactly as SQLAlchemy's column types would bind them (JSON as text, the
 ``raw`` JSON as the text validation already encoded, timestamps as naive UTC text with six fraction
 digits, money as ``float``), one column at a time over the whole batch, so both ways store identical
 rows (``tests/store/test_bulk.py``).
 
-``executemany`` returns no rows, so inserts and updates are told apart by the tables' rowids
+The statements return no rows, so inserts and updates are told apart by the tables' rowids
 (:func:`_upsert`): every state table is a rowid table (no ``WITHOUT ROWID``, no ``INTEGER PRIMARY
 KEY``: ``tests/store/test_fast_path.py`` checks it), and the batch's transaction holds the write lock
 (``BEGIN IMMEDIATE``) and deletes nothing, so SQLite gives each inserted row the largest rowid + 1
@@ -23,6 +26,7 @@ written, and a busy timeout, so writers queue instead of failing.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import operator
 import random
@@ -68,19 +72,25 @@ class SqliteWriter:
         if not updates:
             return WriteCounts(0, 0, 0), 0
         plan = _plan(schema.orders, tuple(updates[0].row), schema.KEY_COLUMNS[ORDER])
-        columns = plan.columns(updates)
+        winners, duplicates = batch.winners(ORDER)
+        new_states = batch.order_events()
+        # One update per order (the common batch): the winners are the events, already by key.
+        same = len(new_states) == len(winners) and all(map(operator.is_, new_states, winners))
+        source = winners if same else updates
+        columns = plan.columns(source)
         rows = list(zip(*columns, strict=True))
         events = _event_plan(plan.params)
-        sources = (*columns, [p.state_id for p in updates])
+        sources = (*columns, [p.state_id for p in source])
         event_rows = list(zip(*map(sources.__getitem__, events.sources), strict=True))
-        position = dict(zip(map(id, updates), range(len(updates)), strict=True))
-        winners, duplicates = batch.winners(ORDER)
+        if source is not winners:  # each table's rows picked from those of every update
+            position = dict(zip(map(id, source), range(len(source)), strict=True))
+            rows = [rows[position[id(p)]] for p in winners]
+            event_rows = [event_rows[position[id(p)]] for p in new_states]
         driver = _driver(conn)
-        counts = _upsert(driver, plan, [rows[position[id(p)]] for p in winners])
+        counts = _upsert(driver, plan, rows)
         cur = driver.cursor()
         try:
-            cur.executemany(events.sql, [event_rows[position[id(p)]] for p in batch.order_events()])
-            new_events = int(max(cur.rowcount, 0))
+            new_events = _execute_rows(cur, events.sql, event_rows)
         finally:
             cur.close()
         return counts.plus_ignored(duplicates), new_events
@@ -255,7 +265,7 @@ def _stored_sql(table: sa.Table, key_cols: tuple[str, ...]) -> str:
 
 
 def _upsert(driver: Any, plan: _Plan, params: list[tuple[Any, ...]]) -> WriteCounts:
-    """Upsert *params* (rows unique per key): one ``executemany``, counted by rowids (or, near the
+    """Upsert *params* (rows unique per key): :func:`_execute_rows`, counted by rowids (or, near the
     largest rowid, by the keys stored before the write; see the module docstring)."""
     cur = driver.cursor()
     try:
@@ -265,8 +275,7 @@ def _upsert(driver: Any, plan: _Plan, params: list[tuple[Any, ...]]) -> WriteCou
         if before + len(params) >= _MAX_ROWID:
             keys = _json_text([plan.key(row) for row in params])
             stored = int(cur.execute(_stored_sql(plan.table, plan.key_cols), (keys,)).fetchone()[0])
-        cur.executemany(plan.sql, params)
-        written = int(max(cur.rowcount, 0))
+        written = _execute_rows(cur, plan.sql, params)
         if stored is None:
             inserted = int(cur.execute(last_rowid).fetchone()[0]) - before
         else:
@@ -274,6 +283,37 @@ def _upsert(driver: Any, plan: _Plan, params: list[tuple[Any, ...]]) -> WriteCou
     finally:
         cur.close()
     return WriteCounts(inserted, written - inserted, len(params) - written)
+
+
+#: Rows per multi-row statement at most, and parameters per statement at most: SQLite's limit
+#: before 3.32 (999; 32,766 since), so any build takes them.
+_ROWS_PER_STATEMENT: Final = 20
+_MAX_PARAMS: Final = 999
+
+
+def _execute_rows(cur: Any, text: str, rows: list[tuple[Any, ...]]) -> int:
+    """Execute the ``INSERT ... VALUES (?, ...)`` *text* for each of *rows*: whole groups of rows
+    through one multi-row statement each (:func:`.upsert.multi_row`: SQLite steps through the group
+    in C), the rest through ``executemany``.
+
+    :returns: the rows written (SQLite's change count: inserted, or updated by an upsert's ``SET``).
+    """
+    if not rows:
+        return 0
+    width = len(rows[0])
+    per = max(1, min(_ROWS_PER_STATEMENT, _MAX_PARAMS // width))
+    whole = len(rows) - len(rows) % per
+    written = 0
+    if whole:
+        sql, step = upsert.multi_row(text, per), per * width
+        flat = list(itertools.chain.from_iterable(rows[:whole]))
+        for start in range(0, len(flat), step):
+            cur.execute(sql, flat[start : start + step])
+            written += cur.rowcount
+    if whole < len(rows):
+        cur.executemany(text, rows[whole:])
+        written += max(cur.rowcount, 0)
+    return int(written)
 
 
 # ------------------------------------------------------------------------------- engine settings

@@ -1,0 +1,90 @@
+"""What Airflow's secrets masker costs a process that holds N Upstox tokens (``python bench/masker_cost.py``).
+
+Not part of CI. Airflow masks a connection's password when it is looked up, so a triggerer running
+N streams (one account, one token each) adds N values to its process-wide ``SecretsMasker``,
+which recompiles one regex of all its values on each new one. This bench adds N tokens of a real
+Upstox token's length and shape (the fleet simulator's :func:`account_token`, 296 characters) the
+way a lookup does (``mask_secret``), each in a fresh process, and prints for each N:
+
+* CPU to add all N (what the lookups of N streams cost, on the event loop that makes them);
+* the time of the last add (how long one new account's lookup blocks a loop already holding N-1);
+* RSS per token with the hook's ``re.purge()`` after each new token, and without it (Python's
+  ``re`` caches every superseded version of the masker's regex);
+* a fit ``cpu = a * N**2`` from the largest N, and what it gives for 1,000 tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("VmRSS")).split()[1])
+
+
+def child(n: int, purge: bool) -> dict[str, float]:
+    from airflow.sdk.log import mask_secret
+
+    from airflow_provider_upstox.simulator.__main__ import account_token
+
+    tokens = [account_token("masker-bench", i) for i in range(1, n + 1)]
+    mask_secret(account_token("masker-bench", 0))  # the masker's first compile is not per account
+    base, cpu = _rss_kib(), time.process_time()
+    last = 0.0
+    for token in tokens:
+        started = time.perf_counter()
+        mask_secret(token)
+        last = time.perf_counter() - started
+        if purge:
+            re.purge()
+    return {
+        "cpu_s": time.process_time() - cpu,
+        "last_add_ms": last * 1000,
+        "kib_per_token": (_rss_kib() - base) / n,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", default="100,200,300", help="token counts, comma separated")
+    parser.add_argument("--child", nargs=2, metavar=("N", "PURGE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(int(args.child[0]), args.child[1] == "1")))
+        return
+
+    def run(n: int, purge: bool) -> dict[str, float]:
+        cmd = [sys.executable, __file__, "--child", str(n), "1" if purge else "0"]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ)
+        result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+        return result
+
+    print(
+        f"Airflow's SecretsMasker, tokens of 296 characters (load average {os.getloadavg()[0]:.1f}, 2 cores)"
+    )
+    print(f"{'N':>6} {'CPU to add N':>13} {'last add':>10} {'RSS/token, purged':>18} {'not purged':>11}")
+    fitted = 0.0
+    for n in (int(x) for x in args.n.split(",")):
+        purged, kept = run(n, True), run(n, False)
+        fitted = purged["cpu_s"] / n**2
+        print(
+            f"{n:>6} {purged['cpu_s']:>11.1f} s {purged['last_add_ms']:>7.0f} ms "
+            f"{purged['kib_per_token']:>13.1f} KiB {kept['kib_per_token']:>7.1f} KiB"
+        )
+    print(f"fit cpu = {fitted:.2e} * N^2 -> 1,000 tokens: {fitted * 1e6:.0f} s of CPU to add (extrapolated)")
+
+
+if __name__ == "__main__":
+    main()
