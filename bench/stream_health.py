@@ -6,7 +6,8 @@
 1. Per backend, on a fresh store: batches of ``--batch`` new order updates, ``apply()``-ed
    alternately without and with the batch's health row (``health_records=``: one upsert more in
    the batch's transaction, as the stream operators write it), so both are timed over the same
-   seconds. Printed: both medians and with / without. Goal: <= 1.10 for a batch of 100.
+   seconds. Printed: both medians and with / without. Goal: <= 1.10 for a batch of 100 (the row
+   is one statement, 0.5-1.5 ms; on a machine shared with other jobs the ratio moves by as much).
 2. 1,000 connections' health rows in the store; the view of the plugin as one request builds it
    (``read_stream_health`` + join with 1,000 token states + sort + one page of 200 rendered to
    HTML), against the baseline of the bare read (``read_stream_health``) in the same run. Printed:
@@ -81,7 +82,7 @@ def bench_view(store: PortfolioStore, accounts: int, repeat: int) -> tuple[float
         html = streams_page(page, counts, total=total, offset=0, limit=len(page), only=None,
                             base_url="/upstox/streams", problem=None, stale_after_s=600)  # fmt: skip
         t2 = time.perf_counter()
-        assert len(html) > 10_000
+        assert len(html) > 100 * min(accounts, streams.DEFAULT_LIMIT)
         assert total == accounts + 1  # and the connection of part 1
         reads.append(t1 - t0)
         views.append(t2 - t1)
