@@ -105,6 +105,12 @@ def watched_asset(
     )
 
 
+def watched_conn_id(asset_name: str) -> str | None:
+    """The connection id of a watched asset's name (``upstox_events__<conn_id>``), else ``None``."""
+    prefix = "upstox_events__"
+    return asset_name[len(prefix) :] or None if asset_name.startswith(prefix) else None
+
+
 def parse_conn_ids(value: str | Sequence[str] | None) -> list[str]:
     """Connection ids from ``"a, b"`` or a list, de-duplicated in order; empty means ``upstox_default``."""
     items = value.split(",") if isinstance(value, str) else list(value or [])

@@ -11,8 +11,13 @@ disables it): Airflow has left events that arrived while a run was active waitin
 event came (apache/airflow#56050). Each run reads again until nothing new arrives, so only an event
 committed in the last moments of a run can be left behind, and the time schedule bounds its wait.
 
-After the persist task, one ``backfill_history__<conn_id>`` task per connection reads the history of
-the orders the persist task queued and the day's fills (``UpstoxHistoryBackfillOperator``).
+After the persist task, ``backfill_history`` reads the history of the orders the persist task
+queued and, after each (re)connect, the day's fills (``UpstoxHistoryBackfillOperator``). It is
+mapped over groups of only the connections that have such work (the persist task's return
+value, 25 per group; its counts are in its XCom ``counts``): usually none, and it is skipped.
+Until issue 18 it was one static ``backfill_history__<conn_id>`` task per connection, a task
+process per account in every run (a thousand for a thousand accounts), nearly all of them
+finding nothing to do.
 
 Connections and store: as in ``upstox_portfolio_stream`` (``UPSTOX_CONN_IDS``, ``UPSTOX_SQL_CONN_ID``).
 Run either this DAG or the stream DAG for an account, not both: both would work, twice the load.
@@ -62,12 +67,12 @@ with DAG(
         task_id="persist_events",
         assets=WATCHED,
         sql_conn_id=configured_sql_conn_id(),
+        return_backfill_groups=True,
     )
-    # The persist task queues the orders whose snapshot state was never seen; these read their
-    # history and the day's fills (one task per account, the queue is in the store).
-    for conn_id in configured_conn_ids():
-        persist >> UpstoxHistoryBackfillOperator(
-            task_id=f"backfill_history__{conn_id}",
-            upstox_conn_id=conn_id,
-            sql_conn_id=configured_sql_conn_id(),
-        )
+    # The persist task queues the orders whose snapshot state was never seen and marks the trade
+    # book due after a (re)connect; one mapped task per group of the accounts with such work reads
+    # their history and the day's fills (the queue and the marks are in the store).
+    UpstoxHistoryBackfillOperator.partial(
+        task_id="backfill_history",
+        sql_conn_id=configured_sql_conn_id(),
+    ).expand(upstox_conn_ids=persist.output)

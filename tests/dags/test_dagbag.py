@@ -37,9 +37,12 @@ def test_one_task_and_one_watcher_per_account(dagbag) -> None:
     assert type(events.timetable).__name__ == "AssetOrTimeSchedule"
     assert events.timetable.timetable.expression == "*/5 * * * *"
     task = events.get_task("persist_events")
-    backfills = sorted(t.task_id for t in task.downstream_list)
-    assert backfills == ["backfill_history__upstox_default", "backfill_history__upstox_second"]
-    assert sorted(events.task_ids) == sorted(["persist_events", *backfills])
+    # One mapped backfill task over the groups of accounts with work, not a static task per account.
+    assert sorted(events.task_ids) == ["backfill_history", "persist_events"]
+    backfill = events.get_task("backfill_history")
+    assert [t.task_id for t in task.downstream_list] == ["backfill_history"]
+    assert type(backfill).__name__ == "MappedOperator"
+    assert task.return_backfill_groups
     watchers = [w for asset in task.inlets for w in asset.watchers]
     assert sorted(w.name for w in watchers) == [
         "upstox_watcher__upstox_default",
