@@ -19,6 +19,10 @@ Until issue 18 it was one static ``backfill_history__<conn_id>`` task per connec
 process per account in every run (a thousand for a thousand accounts), nearly all of them
 finding nothing to do.
 
+Many accounts: ``UPSTOX_WATCH_GROUP_SIZE=50`` streams the accounts in groups of 50, one watcher and
+one asset (``upstox_events_group__g<k>``) per group, instead of one per account (see
+``airflow_provider_upstox.triggers.portfolio_group`` and the README's issue 18 figures).
+
 Connections and store: as in ``upstox_portfolio_stream`` (``UPSTOX_CONN_IDS``, ``UPSTOX_SQL_CONN_ID``).
 Run either this DAG or the stream DAG for an account, not both: both would work, twice the load.
 """
@@ -33,16 +37,18 @@ from airflow.sdk import DAG, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable
 from airflow_provider_upstox.assets import (
     configured_conn_ids,
     configured_float,
+    configured_group_size,
     configured_sql_conn_id,
-    watched_asset,
+    watched_assets,
 )
 from airflow_provider_upstox.operators.asset_events import UpstoxPersistAssetEventsOperator
 from airflow_provider_upstox.operators.history_backfill import UpstoxHistoryBackfillOperator
 
-WATCHED = [
-    watched_asset(conn_id, max_batch_wait=configured_float("UPSTOX_MAX_BATCH_WAIT", 1.0))
-    for conn_id in configured_conn_ids()
-]
+WATCHED = watched_assets(
+    configured_conn_ids(),
+    configured_group_size(),
+    max_batch_wait=configured_float("UPSTOX_MAX_BATCH_WAIT", 1.0),
+)
 CATCHUP_CRON = os.environ.get("UPSTOX_EVENTS_CATCHUP_CRON", "").strip() or "*/5 * * * *"
 SCHEDULE = (
     AssetAny(*WATCHED)

@@ -50,22 +50,29 @@ class Cursor:
     skipped: set[int] = field(default_factory=set)  #: read, but applied before this task
     refusals: list[TokenWaitEvent] = field(default_factory=list)
     last: Any = None  #: the last event queued, the next watermark once applied
-    accounts: set[str] = field(default_factory=set)  #: Upstox accounts seen in this asset's batches
-    snapshot: bool = False  #: a batch carried snapshot rows (a (re)connect: the trade book is due)
+    #: the connection of a one-account asset (``None`` for a group's: its events name theirs)
+    conn_id: str | None = None
+    #: Upstox account -> connection id, of every account seen in this asset's batches (kept in the
+    #: watermark record: the history backfill is run per connection, the store's queue is per account)
+    conns: dict[str, str] = field(default_factory=dict)
+    snapshots: set[str] = field(default_factory=set)  #: accounts whose batches carried snapshot rows
     dirty: bool = False  #: events queued since the watermark was last saved
     read_s: float = 0.0
-    account: str | None = None  #: the account last recorded in the watermark
 
     @classmethod
-    def load(cls, asset: Any, key: str, mark: Mapping[str, Any] | None) -> Cursor:
+    def load(cls, asset: Any, key: str, mark: Mapping[str, Any] | None, conn_id: str | None) -> Cursor:
         mark = mark or {}
         return cls(
             asset=asset,
             key=key,
             mark_dt=datetime.fromisoformat(mark["timestamp"]) if mark.get("timestamp") else None,
             recent={int(k): v for k, v in (mark.get("recent") or {}).items()},
-            account=mark.get("account"),
+            conn_id=conn_id,
+            conns=dict(mark.get("conns") or {}),
         )
+
+    def conn_of(self, account: str) -> str | None:
+        return self.conns.get(account) or self.conn_id
 
     def read(self, accessor: Any, lookback: timedelta) -> list[Any]:
         # ``after()`` of Airflow's accessor resets its cache, so every read is a fresh query.
@@ -84,15 +91,13 @@ class Cursor:
         self.recent = kept
         self.mark_dt = last.timestamp
         self.dirty = False
-        if len(self.accounts) == 1:
-            self.account = next(iter(self.accounts))
-        record = {
+        record: dict[str, Any] = {
             "timestamp": last.timestamp.isoformat(),
             "event_id": last.id,
             "recent": {str(i): t for i, t in kept.items()},
         }
-        if self.account:
-            record["account"] = self.account
+        if self.conns:
+            record["conns"] = self.conns
         return record
 
 
@@ -142,9 +147,15 @@ def drain(
                 queued, account = queue_updates(event, cursor.asset, pending, cursor.counts, cursor.refusals)
                 if queued and account:
                     size += queued
-                    cursor.accounts.add(account)
-                    if not cursor.snapshot:
-                        cursor.snapshot = any(u.source == SNAPSHOT for u in pending[account][-queued:])
+                    payload = event.extra.get("payload") if isinstance(event.extra, dict) else None
+                    conn = payload.get("conn_id") if isinstance(payload, dict) else None
+                    conn = conn if isinstance(conn, str) and conn else cursor.conn_id
+                    if conn and cursor.conns.get(account) != conn:
+                        cursor.conns[account] = conn
+                    if account not in cursor.snapshots and any(
+                        u.source == SNAPSHOT for u in pending[account][-queued:]
+                    ):
+                        cursor.snapshots.add(account)
                 cursor.last = event
                 cursor.dirty = True
                 if size >= chunk_updates:

@@ -125,7 +125,9 @@ def _drain_all(
 ) -> list[Cursor]:
     keys = [watermark_key(a) for a in assets]
     marks = store.load_operator_progress_many(keys)
-    cursors = [Cursor.load(a, k, marks.get(k)) for a, k in zip(assets, keys, strict=True)]
+    cursors = [
+        Cursor.load(a, k, marks.get(k), watched_conn_id(a.name)) for a, k in zip(assets, keys, strict=True)
+    ]
     inlet_events = context["inlet_events"]
     accessors = {a.name: inlet_events[a] for a in assets}
     drain(
@@ -277,29 +279,27 @@ class UpstoxPersistAssetEventsOperator(BaseOperator):
 
 
 def backfill_groups(store: Any, cursors: Sequence[Cursor], size: int) -> list[list[str]]:
-    """The connection ids whose account has history backfill work, in groups of *size* (DAG order).
+    """The connection ids whose account has history backfill work, in groups of *size*.
 
     Work: the trade book is due (a batch carried snapshot rows: recorded here, durably, under
     :func:`~.history_backfill.trade_book_due_key` until a backfill reads it), or the account's
     backfill queue is not empty. Three queries whatever the number of accounts.
     """
-    conn_ids = {c.key: watched_conn_id(c.asset.name) for c in cursors}
+    conn_of: dict[str, str] = {}  # account -> connection, in the order the assets name them
+    for cursor in cursors:
+        for account, conn in cursor.conns.items():
+            conn_of.setdefault(account, conn)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     due_now = {
-        trade_book_due_key(conn): {"due": True, "since": now}
-        for c in cursors
-        if c.snapshot and (conn := conn_ids[c.key])
+        trade_book_due_key(conn_id): {"due": True, "since": now}
+        for cursor in cursors
+        for account in cursor.snapshots
+        if (conn_id := cursor.conn_of(account))
     }
     if due_now:
         store.save_operator_progress_many(due_now)
-    due = store.load_operator_progress_many([trade_book_due_key(c) for c in conn_ids.values() if c])
-    queued = set(store.accounts_with_pending_backfill())
-    needed: list[str] = []
-    for cursor in cursors:
-        conn = conn_ids[cursor.key]
-        if not conn:
-            continue
-        accounts = cursor.accounts | ({cursor.account} if cursor.account else set())
-        if due.get(trade_book_due_key(conn), {}).get("due") or accounts & queued:
-            needed.append(conn)
+    conns = list(dict.fromkeys(conn_of.values()))
+    due = store.load_operator_progress_many([trade_book_due_key(c) for c in conns])
+    queued = {conn_of[a] for a in store.accounts_with_pending_backfill() if a in conn_of}
+    needed = [c for c in conns if c in queued or due.get(trade_book_due_key(c), {}).get("due")]
     return [needed[i : i + size] for i in range(0, len(needed), size)]

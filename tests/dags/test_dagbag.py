@@ -104,3 +104,21 @@ def test_bad_stop_at_setting_is_a_clear_import_error(monkeypatch: pytest.MonkeyP
     (error,) = dagbag.import_errors.values()
     assert "UPSTOX_STOP_AT" in error
     assert "HH:MM" in error
+
+
+def test_events_dag_groups_accounts_into_one_watcher_per_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``UPSTOX_WATCH_GROUP_SIZE``: one watched asset (and trigger) per group, not per account."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("UPSTOX_CONN_IDS", "a1,a2,a3")
+    monkeypatch.setenv("UPSTOX_WATCH_GROUP_SIZE", "2")
+    dagbag = DagBag(dag_folder=str(DAGS_DIR / "upstox_portfolio_events.py"))
+    assert dagbag.import_errors == {}
+    inlets = dagbag.dags["upstox_portfolio_events"].get_task("persist_events").inlets
+    assert [a.name for a in inlets] == ["upstox_events_group__g0", "upstox_events_group__g1"]
+    kwargs = [w.trigger.serialize()[1]["upstox_conn_ids"] for a in inlets for w in a.watchers]
+    assert kwargs == [["a1", "a2"], ["a3"]]
+
+    monkeypatch.setenv("UPSTOX_WATCH_GROUP_SIZE", "two")
+    dagbag = DagBag(dag_folder=str(DAGS_DIR / "upstox_portfolio_events.py"))
+    assert "UPSTOX_WATCH_GROUP_SIZE" in str(dagbag.import_errors)

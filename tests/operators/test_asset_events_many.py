@@ -80,7 +80,7 @@ def test_one_loop_reads_again_only_the_assets_that_had_news(store: PortfolioStor
     marks = store.load_operator_progress_many([asset_events.watermark_key(a) for a in ASSETS])
     assert sorted(marks) == [asset_events.watermark_key(a) for a in ASSETS[:2]]  # none for the quiet one
     mark = marks["asset_events:upstox_events__c1"]
-    assert (mark["event_id"], mark["account"]) == (2, "U1")
+    assert (mark["event_id"], mark["conns"]) == (2, {"U1": "c1"})
 
     accessors[ASSETS[1]].events.append(event(4, 30, "U2", "o2", 4))
     second = asset_events.persist_assets_events(context, ASSETS)
@@ -154,3 +154,22 @@ def test_group_backfill_reads_the_trade_book_only_where_due(
     again = operator.execute({})
     assert again["c1"]["calls"] == 0  # read once per (re)connect, not once per run
     store.engine.dispose()
+
+
+def test_group_asset_events_name_their_connection(store: PortfolioStore) -> None:
+    """A group watcher's events carry ``conn_id``: the backfill runs for that connection, and the
+    account -> connection map survives in the watermark for queued work found in later runs."""
+    group = Asset(name="upstox_events_group__g0", uri="upstox://groups/g0/events")
+    snap, live = event(1, 0, "U1", "o1", 0, SNAPSHOT), event(2, 0, "U2", "o2", 0)
+    snap.extra["payload"]["conn_id"], live.extra["payload"]["conn_id"] = "c1", "c2"
+    context = {
+        "inlet_events": {group: Accessor([snap, live])},
+        "ti": SimpleNamespace(xcom_push=lambda key, value: None),
+    }
+    operator = asset_events.UpstoxPersistAssetEventsOperator(
+        task_id="persist", assets=[group], return_backfill_groups=True
+    )
+    assert operator.execute(context) == [["c1"]]
+    mark = store.load_operator_progress(asset_events.watermark_key(group))
+    assert mark is not None
+    assert mark["conns"] == {"U1": "c1", "U2": "c2"}
