@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from airflow_provider_upstox.models.events import TokenWaitEvent
 from airflow_provider_upstox.models.updates import SNAPSHOT, Update
@@ -30,11 +30,16 @@ COUNT_NAMES = (
 )  # fmt: skip
 
 
-#: Queues one asset event's updates under its account; returns how many, and the account
-#: (``asset_events._queue_updates``).
-Queuer = Callable[
-    [Any, Any, dict[str, list[Update]], dict[str, int], list[TokenWaitEvent]], tuple[int, str | None]
-]
+class Queued(NamedTuple):
+    """One account batch queued from an asset event."""
+
+    updates: int
+    account: str
+    conn_id: str | None  #: the connection the event names (a group watcher's events do)
+
+
+#: Queues one asset event's updates under their accounts (``asset_events._queue_updates``).
+Queuer = Callable[[Any, Any, dict[str, list[Update]], dict[str, int], list[TokenWaitEvent]], list[Queued]]
 
 
 @dataclass
@@ -110,13 +115,21 @@ def drain(
     lookback: timedelta,
     chunk_updates: int,
     drain_seconds: float,
+    flush_seconds: float = 1.0,
 ) -> None:
-    """Apply every not yet persisted event of every cursor's asset (see the module docstring)."""
+    """Apply every not yet persisted event of every cursor's asset (see the module docstring).
+
+    What was read is applied once *chunk_updates* are queued or *flush_seconds* after the last
+    apply, whichever comes first: with many assets a pass takes seconds, and waiting for its end
+    would add that to every update's latency.
+    """
     pending: dict[str, list[Update]] = {}
     size = 0
+    flushed = time.monotonic()
 
     def flush() -> None:
-        nonlocal pending, size
+        nonlocal pending, size, flushed
+        flushed = time.monotonic()
         for account, updates in pending.items():
             if any(u.source == SNAPSHOT for u in updates):
                 # Before apply(): the orders whose snapshot state the store never saw, for the
@@ -144,12 +157,11 @@ def drain(
                 found += 1
                 cursor.handled.add(event.id)
                 cursor.recent[event.id] = event.timestamp.isoformat()
-                queued, account = queue_updates(event, cursor.asset, pending, cursor.counts, cursor.refusals)
-                if queued and account:
+                for queued, account, conn_id in queue_updates(
+                    event, cursor.asset, pending, cursor.counts, cursor.refusals
+                ):
                     size += queued
-                    payload = event.extra.get("payload") if isinstance(event.extra, dict) else None
-                    conn = payload.get("conn_id") if isinstance(payload, dict) else None
-                    conn = conn if isinstance(conn, str) and conn else cursor.conn_id
+                    conn = conn_id or cursor.conn_id
                     if conn and cursor.conns.get(account) != conn:
                         cursor.conns[account] = conn
                     if account not in cursor.snapshots and any(
@@ -160,6 +172,8 @@ def drain(
                 cursor.dirty = True
                 if size >= chunk_updates:
                     flush()
+            if size and time.monotonic() - flushed >= flush_seconds:
+                flush()
             if found:
                 fresh.append(cursor)
         flush()

@@ -40,7 +40,7 @@ from airflow_provider_upstox.models.events import (
     decode_event,
 )
 from airflow_provider_upstox.models.updates import Update
-from airflow_provider_upstox.operators._asset_drain import COUNT_NAMES, Cursor, drain
+from airflow_provider_upstox.operators._asset_drain import COUNT_NAMES, Cursor, Queued, drain
 from airflow_provider_upstox.operators._db import open_store
 from airflow_provider_upstox.operators.history_backfill import trade_book_due_key
 
@@ -161,11 +161,13 @@ def _queue_updates(
     pending: dict[str, list[Update]],
     counts: dict[str, int],
     refusals: list[TokenWaitEvent],
-) -> tuple[int, str | None]:
-    """Queue the updates of one asset event under its account; returns how many, and the account.
+) -> list[Queued]:
+    """Queue the updates of one asset event under their accounts; what was queued, per account batch.
 
-    A bad event is counted and skipped, not raised: raising would hold the watermark before it
-    forever, and no event after it would ever be persisted.
+    A group watcher's event (``{"status": "group", "members": [...]}``) holds one payload per member
+    batch, each naming its connection (``conn_id``). A bad event or member is counted and skipped,
+    not raised: raising would hold the watermark before it forever, and no event after it would
+    ever be persisted.
     """
     extra = event.extra if isinstance(event.extra, dict) else {}
     if "payload" not in extra:
@@ -173,13 +175,33 @@ def _queue_updates(
             "Asset event %s of %s carries no trigger payload (made by hand?); skipped", event.id, asset.name
         )
         counts["foreign"] += 1
-        return 0, None
+        return []
+    payload = extra["payload"]
+    members = (
+        payload.get("members") if isinstance(payload, dict) and payload.get("status") == "group" else None
+    )
+    queued: list[Queued] = []
+    for member in members if isinstance(members, list) else [payload]:
+        item = _queue_payload(member, event.id, asset, pending, counts, refusals)
+        if item is not None:
+            queued.append(item)
+    return queued
+
+
+def _queue_payload(
+    payload: Any,
+    event_id: int,
+    asset: Asset,
+    pending: dict[str, list[Update]],
+    counts: dict[str, int],
+    refusals: list[TokenWaitEvent],
+) -> Queued | None:
     try:
-        stream_event = decode_event(extra["payload"])
+        stream_event = decode_event(payload)
     except InvalidEventError as exc:
-        log.error("Asset event %s of %s: %s; skipped", event.id, asset.name, exc)
+        log.error("Asset event %s of %s: %s; skipped", event_id, asset.name, exc)
         counts["invalid"] += 1
-        return 0, None
+        return None
     if isinstance(stream_event, ErrorEvent):
         counts["errors"] += 1
         log.warning(
@@ -188,7 +210,7 @@ def _queue_updates(
             stream_event.kind,
             stream_event.message,
         )
-        return 0, None
+        return None
     if isinstance(stream_event, TokenWaitEvent):
         counts["token_refusals"] += 1
         refusals.append(stream_event)
@@ -197,19 +219,20 @@ def _queue_updates(
             asset.name,
             stream_event.account,
         )
-        return 0, None
+        return None
     if not isinstance(stream_event, BatchEvent) or not stream_event.updates:
-        return 0, None
+        return None
     updates = stream_event.updates
     account = stream_event.account or updates[0].account
     if not account:
-        log.error("Asset event %s of %s has no account; skipped", event.id, asset.name)
+        log.error("Asset event %s of %s has no account; skipped", event_id, asset.name)
         counts["invalid"] += 1
-        return 0, None
+        return None
     pending.setdefault(account, []).extend(updates)
     counts["batches"] += 1
     counts["updates"] += len(updates)
-    return len(updates), account
+    conn_id = payload.get("conn_id") if isinstance(payload, dict) else None
+    return Queued(len(updates), account, conn_id if isinstance(conn_id, str) and conn_id else None)
 
 
 class UpstoxPersistAssetEventsOperator(BaseOperator):

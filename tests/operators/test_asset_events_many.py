@@ -157,19 +157,27 @@ def test_group_backfill_reads_the_trade_book_only_where_due(
 
 
 def test_group_asset_events_name_their_connection(store: PortfolioStore) -> None:
-    """A group watcher's events carry ``conn_id``: the backfill runs for that connection, and the
-    account -> connection map survives in the watermark for queued work found in later runs."""
+    """A group watcher's event holds member events, each with its ``conn_id``: all are applied, the
+    backfill runs for the right connection, and the account -> connection map survives in the
+    watermark for queued work found in later runs. A bad member is counted, not fatal."""
     group = Asset(name="upstox_events_group__g0", uri="upstox://groups/g0/events")
-    snap, live = event(1, 0, "U1", "o1", 0, SNAPSHOT), event(2, 0, "U2", "o2", 0)
-    snap.extra["payload"]["conn_id"], live.extra["payload"]["conn_id"] = "c1", "c2"
-    context = {
-        "inlet_events": {group: Accessor([snap, live])},
-        "ti": SimpleNamespace(xcom_push=lambda key, value: None),
-    }
+    snap, live = event(1, 0, "U1", "o1", 0, SNAPSHOT), event(2, 0, "U2", "o2", 3)
+    members = [
+        {**snap.extra["payload"], "conn_id": "c1"},
+        {"status": "batch", "conn_id": "c9"},  # damaged
+        {**live.extra["payload"], "conn_id": "c2"},
+    ]
+    merged = Event(7, T0, {"from_trigger": True, "payload": {"status": "group", "members": members}})
+    pushed: dict[str, Any] = {}
+    ti = SimpleNamespace(xcom_push=lambda key, value: pushed.__setitem__(key, value))
+    context = {"inlet_events": {group: Accessor([merged])}, "ti": ti}
     operator = asset_events.UpstoxPersistAssetEventsOperator(
         task_id="persist", assets=[group], return_backfill_groups=True
     )
     assert operator.execute(context) == [["c1"]]
+    counts = pushed["counts"][group.name]
+    assert (counts["events"], counts["batches"], counts["invalid"]) == (1, 2, 1)
+    assert filled(store) == {("U1", "o1"): 0, ("U2", "o2"): 3}
     mark = store.load_operator_progress(asset_events.watermark_key(group))
     assert mark is not None
     assert mark["conns"] == {"U1": "c1", "U2": "c2"}

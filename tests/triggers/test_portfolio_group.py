@@ -54,13 +54,19 @@ async def _collect(trigger: UpstoxPortfolioGroupStreamTrigger, until: Any, timeo
     return payloads
 
 
+def _members(payloads: list[Any]) -> list[dict[str, Any]]:
+    """The member events of the group events (each one group event per ``group_wait`` at most)."""
+    assert all(p["status"] == "group" for p in payloads)
+    return [m for p in payloads for m in p["members"]]
+
+
 def _snapshot_accounts(payloads: list[Any]) -> dict[str, str]:
     """conn id -> account of every member that delivered its first (snapshot) batch."""
     found = {}
-    for payload in payloads:
-        event = decode_event(payload)
+    for member in _members(payloads):
+        event = decode_event(member)
         if isinstance(event, BatchEvent):
-            found[payload["conn_id"]] = event.account
+            found[member["conn_id"]] = event.account
     return found
 
 
@@ -80,6 +86,15 @@ async def test_every_member_streams_into_one_trigger(
     accounts = _snapshot_accounts(payloads)
     assert len(set(accounts.values())) == 3  # three distinct Upstox accounts, each under its connection
     assert not any(t in json.dumps(payloads) for t in tokens)
+    # The three connects happen together: their batches share group events.
+    assert len(payloads) < len(_members(payloads))
+
+    # A bound on the members per group event: three snapshots need two events at least.
+    more = await _collect(
+        UpstoxPortfolioGroupStreamTrigger(["upstox_g_0", "upstox_g_1", "upstox_g_2"], max_members=2),
+        lambda p: len(_snapshot_accounts(p)) == 3,
+    )
+    assert max(len(p["members"]) for p in more) <= 2
 
 
 async def test_a_broken_member_does_not_stop_the_others(
@@ -90,7 +105,7 @@ async def test_a_broken_member_does_not_stop_the_others(
     )
 
     def done(payloads: list[Any]) -> bool:
-        errors = [p for p in payloads if isinstance(decode_event(p), ErrorEvent)]
+        errors = [m for m in _members(payloads) if isinstance(decode_event(m), ErrorEvent)]
         return len(_snapshot_accounts(payloads)) == 2 and any(
             p["conn_id"] == "upstox_missing" for p in errors
         )
