@@ -17,6 +17,13 @@ older timestamp (another scheduler or triggerer, clock skew) is still picked up.
 the same events, or a crash between apply and watermark, replays batches the store already has:
 harmless, the store is idempotent.
 
+The look-back is 15 s (60 s before issue 18; ``lookback_seconds`` of the operator sets it). Every
+read returns the look-back's events again, and reading an event costs the task about 6 ms (two
+loaded cores, ``bench/watcher_dag_scale.py``): with a hundred accounts at one update a second, 60 s
+was thousands of events re-read per pass. Airflow 3.3's triggerer stamps an asset event and commits
+it in one short transaction per event (``Trigger.submit_event``), so a late commit is a matter of
+milliseconds plus the clock skew between triggerer hosts; 15 s leaves a wide margin.
+
 A watcher whose token Upstox refused sends one ``TokenWaitEvent`` per refusal episode (it then
 waits for a new token in the connection by itself): it is counted, logged, and handed to the
 optional ``on_token_refused`` notifier, the watcher path's one notifier call per episode.
@@ -49,7 +56,7 @@ log = logging.getLogger(__name__)
 #: Most updates applied in one store transaction by :func:`persist_asset_events`.
 CHUNK_UPDATES = 2000
 #: How far before the watermark each read starts (see the module docstring).
-LOOKBACK = timedelta(seconds=60)
+LOOKBACK = timedelta(seconds=15)
 #: How long one task keeps re-reading while new events keep arriving.
 DRAIN_SECONDS = 60.0
 #: XCom key of the counts when the return value is the backfill groups (``return_backfill_groups``).
@@ -122,6 +129,7 @@ def _drain_all(
     *,
     drain_seconds: float,
     on_token_refused: Callable[[Asset, TokenWaitEvent], Any] | None,
+    lookback: timedelta = LOOKBACK,
 ) -> list[Cursor]:
     keys = [watermark_key(a) for a in assets]
     marks = store.load_operator_progress_many(keys)
@@ -135,7 +143,7 @@ def _drain_all(
         cursors,
         accessors,
         _queue_updates,
-        lookback=LOOKBACK,
+        lookback=lookback,
         chunk_updates=CHUNK_UPDATES,
         drain_seconds=drain_seconds,
     )
@@ -248,6 +256,8 @@ class UpstoxPersistAssetEventsOperator(BaseOperator):
         over a return value) and push the counts under the XCom key ``counts``; by default the
         counts per asset name are the return value.
     :param backfill_group_size: connections per group.
+    :param lookback_seconds: how far before its watermark each read of an asset starts (see the
+        module docstring); raise it when triggerers run on hosts whose clocks may differ more.
     """
 
     template_fields: Sequence[str] = ("sql_conn_id",)
@@ -260,6 +270,7 @@ class UpstoxPersistAssetEventsOperator(BaseOperator):
         on_token_refused: Callable[[Any], Any] | None = None,
         return_backfill_groups: bool = False,
         backfill_group_size: int = BACKFILL_GROUP_SIZE,
+        lookback_seconds: float = LOOKBACK.total_seconds(),
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("inlets", list(assets))
@@ -269,11 +280,17 @@ class UpstoxPersistAssetEventsOperator(BaseOperator):
         self.on_token_refused = on_token_refused
         self.return_backfill_groups = return_backfill_groups
         self.backfill_group_size = backfill_group_size
+        self.lookback_seconds = float(lookback_seconds)
 
     def execute(self, context: Any) -> Any:
         store = open_store(self.sql_conn_id)
         cursors = _drain_all(
-            context, self.assets, store, drain_seconds=DRAIN_SECONDS, on_token_refused=self._notifier(context)
+            context,
+            self.assets,
+            store,
+            drain_seconds=DRAIN_SECONDS,
+            on_token_refused=self._notifier(context),
+            lookback=timedelta(seconds=self.lookback_seconds),
         )
         counts = {c.asset.name: c.counts for c in cursors}
         if not self.return_backfill_groups:
