@@ -5,8 +5,9 @@ database, a fresh PostgreSQL store, ``api-server``, ``dag-processor``, ``schedul
 and ``triggerer`` (:class:`~tests.reliability.real_stack.Stack`, the settings of the scheduler tests),
 one simulator process with N accounts (``python -m airflow_provider_upstox.simulator --accounts N
 --stamp-frames``), N ``upstox`` connections and the shipped ``upstox_portfolio_events`` DAG over
-them. Once every account's first snapshot is stored, the market runs at 1 update/s per account for
-``--market`` seconds, then stops; printed per N, and as a ratio to the first (smallest) N:
+them. Once every account's first snapshot is stored and the history backfill those snapshots queued
+is done (steady state: printed, the one-off start-up), the market runs at 1 update/s per account
+for ``--market`` seconds, then stops; printed per N, and as a ratio to the first (smallest) N:
 
 * **parse**: the dag-processor's own last parse duration of the DAG file (``dag.last_parse_duration``);
 * **schedule**: per DAG run, the last asset event that made the run (its ``asset_event.timestamp``)
@@ -50,6 +51,11 @@ GOAL_P99_S = 5.0
 ROWS = sa.text(
     "SELECT account, order_id, raw->>'sim_sent_us' AS sent, updated_at FROM upstox_orders "
     "WHERE updated_at > :since"
+)
+BACKLOG = sa.text("SELECT count(*) FROM upstox_backfill_queue WHERE done_at IS NULL AND attempts < 5")
+RUNNING_BACKFILL = (
+    "SELECT count(*) FROM task_instance WHERE dag_id = :d AND task_id LIKE 'backfill_history%' "
+    "AND state IN ('scheduled', 'queued', 'running')"
 )
 RUNS = sa.text(
     """
@@ -102,6 +108,15 @@ def measure(n: int, market_s: float, keep: bool, group: int = 0) -> dict[str, An
 
         stack.wait(f"every account's first snapshot stored ({n})", snapshots, 900, poll=1.0)
         out["up_s"] = round(time.monotonic() - started, 1)
+
+        def backlog_done() -> bool:
+            """The first snapshots' history backfill done and no backfill task running: steady state."""
+            with store.connect() as conn:
+                queued = conn.execute(BACKLOG).scalar()
+            return not queued and not stack.scalar(RUNNING_BACKFILL, d=DAG_ID)
+
+        stack.wait("the first snapshots' history backfill drained", backlog_done, 1200, poll=2.0)
+        out["backlog_s"] = round(time.monotonic() - started - out["up_s"], 1)
         time.sleep(5)
         with store.connect() as conn:
             since = conn.execute(sa.text("SELECT now()")).scalar_one()
@@ -219,7 +234,8 @@ def report(results: list[dict[str, Any]]) -> None:
     for r in results:
         s = summary(r)
         print(
-            f"\nN={r['n']}: stack up + all snapshots {r['up_s']} s, wall {r['wall_s']} s; "
+            f"\nN={r['n']}: stack up + all snapshots {r['up_s']} s, their history backfill "
+            f"{r['backlog_s']} s more, wall {r['wall_s']} s; "
             f"{r['runs']} runs, {r['tis_per_run']:.1f} task instances/run, "
             f"reads/run p50 {_p([float(c) for c in r['read_calls']], 0.5):.0f}; "
             f"{len(r['latency'])} order states sampled of {r['sent']} messages sent"

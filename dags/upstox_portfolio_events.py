@@ -78,7 +78,10 @@ with DAG(
     # The persist task queues the orders whose snapshot state was never seen and marks the trade
     # book due after a (re)connect; one mapped task per group of the accounts with such work reads
     # their history and the day's fills (the queue and the marks are in the store).
+    # A 20 s slice: while a reconnect's backlog is read, the next persist run (max_active_runs=1)
+    # waits for this task; what is left stays queued for the next run.
     UpstoxHistoryBackfillOperator.partial(
         task_id="backfill_history",
         sql_conn_id=configured_sql_conn_id(),
+        time_limit=20.0,
     ).expand(upstox_conn_ids=persist.output)
