@@ -5,9 +5,11 @@ asset on its own (read, apply, save the watermark, read again until nothing new:
 trip per asset and per pass, and an asset drained up to ``drain_seconds`` before the next one was
 even read). Here one loop serves them all: the watermarks are loaded in one query, each pass reads
 only the assets whose previous read found something new (the first pass reads them all), the
-updates of every account go to the store in shared chunks, and the watermarks of the assets those
-chunks covered are saved in one transaction after each chunk. The per-asset rules (look-back,
-ids applied in the look-back window, bad events counted and skipped) are those of
+updates of every account go to the store in shared chunks (one transaction each, whatever the
+number of accounts in it), and the watermarks of the assets those chunks covered are saved in
+one transaction after each chunk. Re-reads within one task look back less
+(:data:`REREAD_LOOKBACK`). The per-asset rules (look-back, ids applied in the look-back window,
+bad events counted and skipped) are those of
 :mod:`airflow_provider_upstox.operators.asset_events`, which documents them.
 
 No Airflow import: the accessor is anything with ``after(iso) -> iterable`` and iteration.
@@ -21,9 +23,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
+import msgspec
+
 from airflow_provider_upstox.models.events import TokenWaitEvent
 from airflow_provider_upstox.models.updates import SNAPSHOT, Update
 from airflow_provider_upstox.store import PortfolioStore
+
+#: Look-back of the re-reads within one task: the first read of each task looks back the full
+#: look-back (events another run may have missed); a re-read follows this task's own read by
+#: seconds, and a late commit is a matter of milliseconds (see asset_events).
+REREAD_LOOKBACK = timedelta(seconds=5)
 
 COUNT_NAMES = (
     "events", "batches", "updates", "errors", "token_refusals", "invalid", "foreign", "skipped", "passes",
@@ -130,12 +139,15 @@ def drain(
     def flush() -> None:
         nonlocal pending, size, flushed
         flushed = time.monotonic()
+        combined: list[Update] = []
         for account, updates in pending.items():
             if any(u.source == SNAPSHOT for u in updates):
                 # Before apply(): the orders whose snapshot state the store never saw, for the
                 # history backfill (UpstoxHistoryBackfillOperator drains the queue).
                 store.queue_history_backfill(account, updates)
-            store.apply(updates, account=account)
+            combined.extend(u if u.account else msgspec.structs.replace(u, account=account) for u in updates)
+        if combined:  # one transaction for every account of the chunk, not one per account
+            store.apply(combined)
         marks = {c.key: c.watermark(lookback) for c in cursors if c.dirty}
         if marks:
             store.save_operator_progress_many(marks)
@@ -143,11 +155,13 @@ def drain(
 
     deadline = time.monotonic() + drain_seconds
     todo: Iterable[Cursor] = cursors
+    reread = min(lookback, REREAD_LOOKBACK)
+    first = True
     while True:
         fresh: list[Cursor] = []
         for cursor in todo:
             found = 0
-            for event in cursor.read(accessors[cursor.asset.name], lookback):
+            for event in cursor.read(accessors[cursor.asset.name], lookback if first else reread):
                 if event.id in cursor.recent or (
                     cursor.mark_dt is not None and event.timestamp < cursor.mark_dt - lookback
                 ):
@@ -179,7 +193,7 @@ def drain(
         flush()
         if not fresh or time.monotonic() >= deadline:
             break
-        todo = fresh
+        todo, first = fresh, False
     for cursor in cursors:
         cursor.counts["events"], cursor.counts["skipped"] = len(cursor.handled), len(cursor.skipped)
         cursor.counts["read_ms"] = round(cursor.read_s * 1000)
