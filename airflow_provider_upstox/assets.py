@@ -105,6 +105,75 @@ def watched_asset(
     )
 
 
+def watched_group_asset(
+    group: str,
+    conn_ids: Sequence[str],
+    update_types: str | Iterable[str] | None = None,
+    *,
+    max_batch_size: int = 500,
+    max_batch_wait: float = 1.0,
+    idle_timeout: float = 60.0,
+) -> Asset:
+    """The event-driven asset of a group of connections: ``upstox_events_group__<group>``.
+
+    One watcher (:class:`~airflow_provider_upstox.triggers.portfolio_group.UpstoxPortfolioGroupStreamTrigger`)
+    streams every account of the group; each account batch is an event of this one asset (see that
+    module for why: one asset per account costs a read per account in every persist run).
+    """
+    from airflow_provider_upstox.triggers.portfolio_group import UpstoxPortfolioGroupStreamTrigger
+
+    _check_conn_id(group)
+    trigger = UpstoxPortfolioGroupStreamTrigger(
+        upstox_conn_ids=[_check_conn_id(c) for c in conn_ids],
+        update_types=list(normalize_update_types(update_types)),
+        max_batch_size=max_batch_size,
+        max_batch_wait=max_batch_wait,
+        idle_timeout=idle_timeout,
+    )
+    return Asset(
+        name=f"upstox_events_group__{group}",
+        uri=f"{ASSET_SCHEME}://groups/{group}/events",
+        group="upstox",
+        watchers=[AssetWatcher(name=f"upstox_group_watcher__{group}", trigger=trigger)],
+    )
+
+
+def watched_assets(
+    conn_ids: Sequence[str], group_size: int = 1, *, max_batch_wait: float = 1.0
+) -> list[Asset]:
+    """The watched assets of *conn_ids*: one per connection (``group_size`` 1, the default and the
+    names DAGs have scheduled on), else one per consecutive group of ``group_size`` connections,
+    named by position (``g0``, ``g1``, ...: adding connections at the end changes only the last group).
+    """
+    if group_size <= 1:
+        return [watched_asset(c, max_batch_wait=max_batch_wait) for c in conn_ids]
+    return [
+        watched_group_asset(
+            f"g{i // group_size}", conn_ids[i : i + group_size], max_batch_wait=max_batch_wait
+        )
+        for i in range(0, len(conn_ids), group_size)
+    ]
+
+
+def configured_group_size() -> int:
+    """``UPSTOX_WATCH_GROUP_SIZE``: accounts per watcher of the events DAG (default 1: one each).
+
+    :raises ValueError: naming the variable when it is set but not a positive integer.
+    """
+    text = os.environ.get("UPSTOX_WATCH_GROUP_SIZE", "").strip()
+    if not text:
+        return 1
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"UPSTOX_WATCH_GROUP_SIZE must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def watched_conn_id(asset_name: str) -> str | None:
+    """The connection id of a watched asset's name (``upstox_events__<conn_id>``), else ``None``."""
+    prefix = "upstox_events__"
+    return asset_name[len(prefix) :] or None if asset_name.startswith(prefix) else None
+
+
 def parse_conn_ids(value: str | Sequence[str] | None) -> list[str]:
     """Connection ids from ``"a, b"`` or a list, de-duplicated in order; empty means ``upstox_default``."""
     items = value.split(",") if isinstance(value, str) else list(value or [])

@@ -6,11 +6,20 @@ no long-running task to do it: its persist task only *queues* the orders whose s
 store never saw (a database write), and this task, run after it, drains the queue from the
 database within the account's rate budget. Its queue and progress are in the database, so a run
 cut short by ``time_limit`` or a failure is continued by the next run.
+
+With ``upstox_conn_ids`` one task serves a group of accounts, one after the other within one
+``time_limit``; the events DAG maps it over groups of only the accounts that have work (issue 18:
+a static task per account was a task process per account per run, a thousand for a thousand
+accounts, nearly all finding nothing to do). In that mode the day's trade book is read only for
+the accounts whose *trade book due* record (:func:`trade_book_due_key`, set by the persist task
+when a batch carried snapshot rows, i.e. after a (re)connect) says so, and the record is cleared
+once read: a group cut short by its time limit leaves the rest due for the next run.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,10 +30,17 @@ from airflow_provider_upstox.operators._db import open_store
 log = logging.getLogger(__name__)
 
 
+def trade_book_due_key(conn_id: str) -> str:
+    """The operator progress record saying the account of *conn_id* must read its trade book."""
+    return f"trade_book_due:{conn_id}"
+
+
 class UpstoxHistoryBackfillOperator(BaseOperator):
     """Record the missing history steps of queued orders and the fills of the day.
 
     :param upstox_conn_id: the ``upstox`` connection whose account is backfilled.
+    :param upstox_conn_ids: instead, a group of connections served one after the other (see the
+        module docstring); the task fails at the end if any of them failed, after the others ran.
     :param sql_conn_id: the store's SQL connection.
     :param time_limit: stop after about this many seconds (what is left stays queued).
     :param trade_book: also read the day's trade book (every fill of the day).
@@ -37,6 +53,7 @@ class UpstoxHistoryBackfillOperator(BaseOperator):
         self,
         *,
         upstox_conn_id: str = "upstox_default",
+        upstox_conn_ids: Sequence[str] | None = None,
         sql_conn_id: str = "upstox_db",
         time_limit: float = 60.0,
         trade_book: bool = True,
@@ -44,21 +61,48 @@ class UpstoxHistoryBackfillOperator(BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.upstox_conn_id = upstox_conn_id
+        self.upstox_conn_ids = None if upstox_conn_ids is None else list(upstox_conn_ids)
         self.sql_conn_id = sql_conn_id
         self.time_limit = time_limit
         self.trade_book = trade_book
 
     def execute(self, context: Any) -> dict[str, Any]:
+        store = open_store(self.sql_conn_id)
+        if self.upstox_conn_ids is None:
+            return self._backfill(store, self.upstox_conn_id, self.time_limit, self.trade_book)
+        keys = {conn_id: trade_book_due_key(conn_id) for conn_id in self.upstox_conn_ids}
+        due = store.load_operator_progress_many(list(keys.values()))
+        deadline = time.monotonic() + self.time_limit
+        results: dict[str, Any] = {}
+        failed: list[str] = []
+        for conn_id in self.upstox_conn_ids:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.info("Time limit reached; %s left for the next run", conn_id)
+                continue
+            trade_book = self.trade_book and bool(due.get(keys[conn_id], {}).get("due"))
+            try:
+                result = self._backfill(store, conn_id, left, trade_book)
+            except Exception:  # one account's failure must not keep the others from their backfill
+                log.exception("History backfill of %s failed", conn_id)
+                failed.append(conn_id)
+                continue
+            if result["trade_book_read"]:
+                store.save_operator_progress(keys[conn_id], {"due": False})
+            results[conn_id] = result
+        if failed:
+            raise RuntimeError(f"history backfill failed for {', '.join(failed)} (the others ran)")
+        return results
+
+    @staticmethod
+    def _backfill(store: Any, conn_id: str, time_limit: float, trade_book: bool) -> dict[str, Any]:
         from airflow_provider_upstox.backfill import run_backfill
         from airflow_provider_upstox.hooks.upstox import UpstoxHook
 
-        hook = UpstoxHook(upstox_conn_id=self.upstox_conn_id)
-        store = open_store(self.sql_conn_id)
+        hook = UpstoxHook(upstox_conn_id=conn_id)
         account = str(hook.get_account_id())
         with hook.get_conn() as client:
-            result = run_backfill(
-                store, client, account, time_limit=self.time_limit, trade_book=self.trade_book
-            )
+            result = run_backfill(store, client, account, time_limit=time_limit, trade_book=trade_book)
         return {
             "account": account,
             "orders": result.orders,
@@ -68,4 +112,5 @@ class UpstoxHistoryBackfillOperator(BaseOperator):
             "calls": result.calls,
             "pending": result.pending,
             "stopped": result.stopped,
+            "trade_book_read": result.trade_book_read,
         }

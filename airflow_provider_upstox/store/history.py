@@ -101,6 +101,18 @@ def pending(conn: Connection, account: str, limit: int, max_attempts: int) -> li
     return list(conn.execute(query).scalars())
 
 
+def accounts_pending(conn: Connection, max_attempts: int) -> list[str]:
+    """The accounts with at least one queued order id (one query, whatever the number of accounts)."""
+    q = schema.backfill_queue
+    query = (
+        sa.select(q.c.account)
+        .where(q.c.done_at.is_(None), q.c.attempts < max_attempts)
+        .distinct()
+        .order_by(q.c.account)
+    )
+    return list(conn.execute(query).scalars())
+
+
 def finish(
     conn: Connection, account: str, order_id: str, states_added: int, trades_added: int, now: datetime
 ) -> None:

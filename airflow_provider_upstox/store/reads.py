@@ -8,7 +8,8 @@ shape of every table belongs to :mod:`.schema` alone.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -32,6 +33,8 @@ assert isinstance(_stream_key_type, sa.String)
 assert _stream_key_type.length
 _STREAM_KEY_MAX: Final = _stream_key_type.length
 _SHA1_SUFFIX: Final = 41  # "#" + 40 hex digits
+#: Keys per ``IN (...)`` list (bounded: some drivers cap a statement's parameters).
+_IN_CHUNK: Final = 500
 
 
 def read_stored_objects(engine: Engine, account: str, update_type: str) -> dict[str, dict[str, Any]]:
@@ -76,3 +79,49 @@ def operator_state(progress_row: Mapping[str, Any] | None) -> dict[str, Any] | N
     """The JSON object an operator saved, from its ``upstox_stream_progress`` row (or ``None``)."""
     state = None if progress_row is None else progress_row["state"]
     return dict(state) if isinstance(state, dict) else None
+
+
+def load_operator_states(engine: Engine, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The saved JSON object of every operator progress record in *keys* that has one, in one query.
+
+    One persist task of the AssetWatcher DAG keeps a watermark per watched asset: with a thousand
+    accounts, a query per record would be a thousand round trips at every task start.
+    """
+    by_stream_key = {operator_stream_key(k): k for k in keys}
+    t = schema.stream_progress
+    found: dict[str, dict[str, Any]] = {}
+    with engine.connect() as conn:
+        for start in range(0, len(by_stream_key), _IN_CHUNK):
+            chunk = list(by_stream_key)[start : start + _IN_CHUNK]
+            query = sa.select(t.c.stream_key, t.c.state).where(
+                t.c.account == OPERATOR_ACCOUNT, t.c.stream_key.in_(chunk)
+            )
+            for stream_key, state in conn.execute(query):
+                if isinstance(state, dict):
+                    found[by_stream_key[stream_key]] = dict(state)
+    return found
+
+
+def save_operator_states(engine: Engine, states: Mapping[str, dict[str, Any]], progress_upsert: Any) -> None:
+    """Insert or replace every record of *states* in one transaction (two statements, each executemany).
+
+    :param progress_upsert: :func:`~airflow_provider_upstox.store.upsert.progress_upsert` of the dialect.
+    """
+    if not states:
+        return
+    t = schema.stream_progress
+    now = datetime.now(timezone.utc)
+    rows = [
+        {"account": OPERATOR_ACCOUNT, "stream_key": operator_stream_key(k), "batches": 0, "updates": 0,
+         "updated_at": now}
+        for k in states
+    ]  # fmt: skip
+    states_rows = [{"k": operator_stream_key(k), "s": v} for k, v in states.items()]
+    with engine.begin() as conn:
+        conn.execute(progress_upsert, rows)
+        conn.execute(
+            t.update()
+            .where(t.c.account == OPERATOR_ACCOUNT, t.c.stream_key == sa.bindparam("k"))
+            .values(state=sa.bindparam("s")),
+            states_rows,
+        )

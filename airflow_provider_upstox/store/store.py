@@ -296,6 +296,16 @@ class PortfolioStore:
         """Insert or replace operator progress record *key* (one short transaction; last write wins)."""
         self.set_progress_state(reads.OPERATOR_ACCOUNT, reads.operator_stream_key(key), value)
 
+    def load_operator_progress_many(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """:meth:`load_operator_progress` of many keys in one query (keys without a record are absent)."""
+        self._ensure_migrated()
+        return reads.load_operator_states(self.engine, keys)
+
+    def save_operator_progress_many(self, states: dict[str, dict[str, Any]]) -> None:
+        """:meth:`save_operator_progress` of many keys in one transaction."""
+        self._ensure_migrated()
+        reads.save_operator_states(self.engine, states, upsert.progress_upsert(self.engine.dialect.name))
+
     def read_stored_objects(self, account: str, update_type: str) -> dict[str, dict[str, Any]]:
         """Stored objects of *account* and *update_type*, keyed like a REST snapshot.
 
@@ -369,6 +379,12 @@ class PortfolioStore:
         self._ensure_migrated()
         with self.engine.connect() as conn:
             return history.pending(conn, account, limit, max_attempts)
+
+    def accounts_with_pending_backfill(self, max_attempts: int = 5) -> list[str]:
+        """The accounts whose history backfill queue is not empty (see :meth:`pending_history_backfill`)."""
+        self._ensure_migrated()
+        with self.engine.connect() as conn:
+            return history.accounts_pending(conn, max_attempts)
 
     def record_order_history(
         self,

@@ -37,9 +37,12 @@ def test_one_task_and_one_watcher_per_account(dagbag) -> None:
     assert type(events.timetable).__name__ == "AssetOrTimeSchedule"
     assert events.timetable.timetable.expression == "*/5 * * * *"
     task = events.get_task("persist_events")
-    backfills = sorted(t.task_id for t in task.downstream_list)
-    assert backfills == ["backfill_history__upstox_default", "backfill_history__upstox_second"]
-    assert sorted(events.task_ids) == sorted(["persist_events", *backfills])
+    # One mapped backfill task over the groups of accounts with work, not a static task per account.
+    assert sorted(events.task_ids) == ["backfill_history", "persist_events"]
+    backfill = events.get_task("backfill_history")
+    assert [t.task_id for t in task.downstream_list] == ["backfill_history"]
+    assert type(backfill).__name__ == "MappedOperator"
+    assert task.return_backfill_groups
     watchers = [w for asset in task.inlets for w in asset.watchers]
     assert sorted(w.name for w in watchers) == [
         "upstox_watcher__upstox_default",
@@ -101,3 +104,21 @@ def test_bad_stop_at_setting_is_a_clear_import_error(monkeypatch: pytest.MonkeyP
     (error,) = dagbag.import_errors.values()
     assert "UPSTOX_STOP_AT" in error
     assert "HH:MM" in error
+
+
+def test_events_dag_groups_accounts_into_one_watcher_per_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``UPSTOX_WATCH_GROUP_SIZE``: one watched asset (and trigger) per group, not per account."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("UPSTOX_CONN_IDS", "a1,a2,a3")
+    monkeypatch.setenv("UPSTOX_WATCH_GROUP_SIZE", "2")
+    dagbag = DagBag(dag_folder=str(DAGS_DIR / "upstox_portfolio_events.py"))
+    assert dagbag.import_errors == {}
+    inlets = dagbag.dags["upstox_portfolio_events"].get_task("persist_events").inlets
+    assert [a.name for a in inlets] == ["upstox_events_group__g0", "upstox_events_group__g1"]
+    kwargs = [w.trigger.serialize()[1]["upstox_conn_ids"] for a in inlets for w in a.watchers]
+    assert kwargs == [["a1", "a2"], ["a3"]]
+
+    monkeypatch.setenv("UPSTOX_WATCH_GROUP_SIZE", "two")
+    dagbag = DagBag(dag_folder=str(DAGS_DIR / "upstox_portfolio_events.py"))
+    assert "UPSTOX_WATCH_GROUP_SIZE" in str(dagbag.import_errors)

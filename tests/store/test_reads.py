@@ -105,6 +105,27 @@ def test_operator_progress_is_the_stream_progress_row_of_the_pseudo_account(stor
     assert row["state"] == {"x": 1}
 
 
+def test_operator_progress_in_bulk_matches_one_by_one(store: PortfolioStore) -> None:
+    """One persist task keeps a watermark per watched asset: loaded in one query, saved in one
+    transaction, and the same records as the one-by-one methods (long keys shortened alike)."""
+    long_key = "asset_events:" + "g" * 300
+    keys = [f"asset_events:upstox_events__c{i}" for i in range(1200)] + [long_key]  # over one IN list
+    store.save_operator_progress("asset_events:upstox_events__c3", {"old": True})
+    store.save_operator_progress_many(
+        {k: {"i": n} for n, k in enumerate(keys) if n % 2 == 0 or k == long_key}
+    )
+    loaded = store.load_operator_progress_many([*keys, "absent"])
+    saved = {k for n, k in enumerate(keys) if n % 2 == 0 or k == long_key}
+    assert sorted(loaded) == sorted(saved | {"asset_events:upstox_events__c3"})
+    assert loaded["asset_events:upstox_events__c3"] == {"old": True}  # untouched (odd)
+    assert store.load_operator_progress(long_key) == {"i": len(keys) - 1}
+    assert store.load_operator_progress("asset_events:upstox_events__c4") == {"i": 4}
+    store.save_operator_progress_many({"asset_events:upstox_events__c4": {"i": -4}})  # last write wins
+    assert store.load_operator_progress_many(["asset_events:upstox_events__c4"]) == {
+        "asset_events:upstox_events__c4": {"i": -4}
+    }
+
+
 def test_long_operator_progress_keys_are_shortened_stably_and_uniquely(store: PortfolioStore) -> None:
     long_a = "dag/" + "a" * 300 + "/1"
     long_b = "dag/" + "a" * 300 + "/2"  # same first 191 characters
