@@ -127,7 +127,7 @@ class UpstoxPortfolioGroupStreamTrigger(BaseEventTrigger):  # type: ignore[misc]
                             break
                         try:
                             member = await asyncio.wait_for(queue.get(), left)
-                        except TimeoutError:
+                        except asyncio.TimeoutError:  # not the builtin before Python 3.11
                             break
                     else:
                         member = queue.get_nowait()
