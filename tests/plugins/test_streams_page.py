@@ -85,9 +85,15 @@ def store_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(airflow_env: Any, store_url: str, statsd: StatsdListener) -> Iterator[httpx.Client]:
+def server(
+    airflow_env: Any, store_url: str, statsd: StatsdListener, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[httpx.Client]:
     sql_conn = json.dumps({"conn_type": "sqlite", "host": store_url.removeprefix("sqlite:///")})
     env = {
+        # A metadata DB of its own: the connections made here (the app of the token tests, user
+        # AB1234, a simulator that is gone afterwards) would otherwise take later tests' notifier
+        # deliveries, and the plugin would answer them 502.
+        **airflow_env.private_metadata_db(tmp_path_factory.mktemp("streams-metadata")),
         "UPSTOX_SQL_CONN_ID": SQL_CONN_ID,
         f"AIRFLOW_CONN_{SQL_CONN_ID.upper()}": sql_conn,
         "AIRFLOW__UPSTOX__HEALTH_METRICS_INTERVAL": "1",
