@@ -77,6 +77,7 @@ class SlowCallbacks(logging.Handler):
         super().__init__(logging.WARNING)
         self.messages: list[str] = []
         self.cpu_slow: list[tuple[float, str]] = []
+        self.max_cpu = 0.0
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
@@ -119,6 +120,7 @@ async def debug_loop(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SlowCallb
             return run(self)
         finally:
             spent = time.thread_time() - start
+            handler.max_cpu = max(handler.max_cpu, spent)
             if spent > 0.05:
                 owner = getattr(self._callback, "__self__", None)
                 handler.cpu_slow.append((spent, repr(owner if owner is not None else self)[:400]))
