@@ -23,7 +23,7 @@ from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_upstox.store import PortfolioStore
-from airflow_provider_upstox.store.store import json_dumps
+from airflow_provider_upstox.store.rows import json_dumps
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Deprecated: the comparison moved to :mod:`airflow_provider_upstox.reconciliation`.
 
 The comparison is plain Python with no Airflow in it, so it no longer lives among the operators;
-its two tables are now part of the store's schema (``store/schema.py``) and are written through
+its two tables are now part of the store's schema (``store/schema/``) and are written through
 :class:`~airflow_provider_upstox.store.PortfolioStore` (``start_reconciliation_run``,
 ``finish_reconciliation_run``, which replace ``create_tables``/``start_run``/``finish_run``). This
 module only re-exports the comparison and the two tables; import them from

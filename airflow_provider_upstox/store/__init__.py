@@ -5,9 +5,10 @@ See :class:`PortfolioStore` (the facade), :mod:`.writers` (how a batch reaches e
 """
 
 from airflow_provider_upstox.store.migrations import SchemaVersionError
+from airflow_provider_upstox.store.results import ApplyResult
 from airflow_provider_upstox.store.rows import STATUS_RANK
 from airflow_provider_upstox.store.schema import SCHEMA_VERSION, metadata
-from airflow_provider_upstox.store.store import DEFAULT_STREAM_KEY, ApplyResult, PortfolioStore
+from airflow_provider_upstox.store.store import DEFAULT_STREAM_KEY, PortfolioStore
 
 __all__ = [
     "DEFAULT_STREAM_KEY",

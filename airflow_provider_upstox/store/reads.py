@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from airflow_provider_upstox.models.updates import natural_key
-from airflow_provider_upstox.store import schema
+from airflow_provider_upstox.store import schema, upsert
 
 #: ``upstox_stream_progress.account`` of operator progress records: a task does not know its Upstox
 #: account when it starts, so its records live under this pseudo-account (no Upstox id is "-").
@@ -124,4 +124,48 @@ def save_operator_states(engine: Engine, states: Mapping[str, dict[str, Any]], p
             .where(t.c.account == OPERATOR_ACCOUNT, t.c.stream_key == sa.bindparam("k"))
             .values(state=sa.bindparam("s")),
             states_rows,
+        )
+
+
+def read_state(engine: Engine, account: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every stored state row of *account* per update type, keyed like ``Update.key`` (see
+    ``PortfolioStore.read_state``)."""
+    state: dict[str, dict[str, dict[str, Any]]] = {}
+    with engine.connect() as conn:
+        for update_type, table in schema.STATE_TABLES.items():
+            key_cols = schema.KEY_COLUMNS[update_type][1:]  # without "account"
+            found: dict[str, dict[str, Any]] = {}
+            query = sa.select(table).where(table.c.account == account).order_by(*table.primary_key)
+            for mapping in conn.execute(query).mappings():
+                row = dict(mapping)
+                if isinstance(row.get("version"), memoryview):  # psycopg returns bytea as memoryview
+                    row["version"] = bytes(row["version"])
+                found[":".join(str(row[c]) for c in key_cols)] = row
+            state[update_type] = found
+    return state
+
+
+def progress_row(engine: Engine, account: str, stream_key: str) -> dict[str, Any] | None:
+    """The ``upstox_stream_progress`` row of (*account*, *stream_key*) as a dict, or ``None``."""
+    t = schema.stream_progress
+    with engine.connect() as conn:
+        query = sa.select(t).where(t.c.account == account, t.c.stream_key == stream_key)
+        row = conn.execute(query).mappings().first()
+    return dict(row) if row is not None else None
+
+
+def save_progress_state(engine: Engine, account: str, stream_key: str, state: dict[str, Any]) -> None:
+    """Set the ``state`` (a free-form JSON watermark) of a progress row, creating the row if needed."""
+    t = schema.stream_progress
+    row = {
+        "account": account,
+        "stream_key": stream_key,
+        "batches": 0,
+        "updates": 0,
+        "updated_at": datetime.now(timezone.utc),
+    }
+    with engine.begin() as conn:
+        conn.execute(upsert.progress_upsert(conn.dialect.name), [row])
+        conn.execute(
+            t.update().where(t.c.account == account, t.c.stream_key == stream_key).values(state=state)
         )

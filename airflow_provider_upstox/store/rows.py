@@ -51,6 +51,12 @@ __all__ = ["STATUS_RANK", "TERMINAL_GTT_RULE_STATUSES", "TEXT_LIMIT", "account_p
 
 log = logging.getLogger(__name__)
 
+
+def json_dumps(value: Any) -> str:
+    """JSON for JSON columns (msgspec: fast, keeps non-ASCII as is); the engines' serializer."""
+    return msgspec.json.encode(value).decode()
+
+
 _MONEY_QUANTUM: Final = Decimal("0.000001")
 
 

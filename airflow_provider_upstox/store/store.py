@@ -24,16 +24,14 @@ import logging
 import random
 import threading
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Final
 
-import msgspec
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from airflow_provider_upstox.exceptions import InvalidUpdateError
-from airflow_provider_upstox.models.updates import ORDER, Update
+from airflow_provider_upstox.models.updates import Update
 from airflow_provider_upstox.store import (
     health,
     history,
@@ -45,7 +43,9 @@ from airflow_provider_upstox.store import (
     upsert,
     validation,
 )
-from airflow_provider_upstox.store.batch import UPDATE_TYPES, Batch
+from airflow_provider_upstox.store.batch import Batch
+from airflow_provider_upstox.store.results import ApplyResult, write_batch
+from airflow_provider_upstox.store.rows import json_dumps
 from airflow_provider_upstox.store.transactions import TransactionPolicy
 from airflow_provider_upstox.store.writers import BatchWriter, SqlAlchemyWriter, WriterUnavailable, writer_for
 
@@ -53,42 +53,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STREAM_KEY = "default"
 _MAX_STREAM_KEY: Final[int] = schema.stream_progress.c.stream_key.type.length  # type: ignore[attr-defined]
-
-
-@dataclass(frozen=True)
-class ApplyResult:
-    """What one ``apply()`` did, one count per update of the batch.
-
-    :param inserted: updates that created a row.
-    :param updated: updates that replaced a stored state (they were newer).
-    :param ignored: updates that were stale or duplicates (in the store or in the batch).
-    :param rejected: invalid updates, recorded in ``upstox_rejected_updates``.
-    :param events: new rows in ``upstox_order_events`` (informational; best effort on MySQL).
-    """
-
-    inserted: int = 0
-    updated: int = 0
-    ignored: int = 0
-    rejected: int = 0
-    events: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.inserted + self.updated + self.ignored + self.rejected
-
-    def __add__(self, other: ApplyResult) -> ApplyResult:
-        return ApplyResult(
-            self.inserted + other.inserted,
-            self.updated + other.updated,
-            self.ignored + other.ignored,
-            self.rejected + other.rejected,
-            self.events + other.events,
-        )
-
-
-def json_dumps(value: Any) -> str:
-    """JSON for JSON columns (msgspec: fast, keeps non-ASCII as is)."""
-    return msgspec.json.encode(value).decode()
 
 
 class PortfolioStore:
@@ -185,7 +149,7 @@ class PortfolioStore:
             if not writer.streams_validation:
                 batch.validate()  # before the transaction: it holds no connection meanwhile
             try:
-                return self._policy.run(functools.partial(_write_batch, writer, batch, health_records))
+                return self._policy.run(functools.partial(write_batch, writer, batch, health_records))
             except WriterUnavailable as exc:
                 self._fall_back(writer, exc)
 
@@ -236,50 +200,18 @@ class PortfolioStore:
             UTC, ``version`` bytes). Keys follow ``Update.key`` and the simulator's ``/_sim/state``.
         """
         self._ensure_migrated()
-        state: dict[str, dict[str, dict[str, Any]]] = {}
-        with self.engine.connect() as conn:
-            for update_type, table in schema.STATE_TABLES.items():
-                key_cols = schema.KEY_COLUMNS[update_type][1:]  # without "account"
-                found: dict[str, dict[str, Any]] = {}
-                query = sa.select(table).where(table.c.account == account).order_by(*table.primary_key)
-                for mapping in conn.execute(query).mappings():
-                    row = dict(mapping)
-                    if isinstance(row.get("version"), memoryview):  # psycopg returns bytea as memoryview
-                        row["version"] = bytes(row["version"])
-                    found[":".join(str(row[c]) for c in key_cols)] = row
-                state[update_type] = found
-        return state
+        return reads.read_state(self.engine, account)
 
     # ------------------------------------------------------------------ progress read/write
     def get_progress(self, account: str, stream_key: str = DEFAULT_STREAM_KEY) -> dict[str, Any] | None:
         """The progress row of (*account*, *stream_key*) as a dict, or ``None``."""
         self._ensure_migrated()
-        t = schema.stream_progress
-        with self.engine.connect() as conn:
-            row = (
-                conn.execute(sa.select(t).where(t.c.account == account, t.c.stream_key == stream_key))
-                .mappings()
-                .first()
-            )
-        return dict(row) if row is not None else None
+        return reads.progress_row(self.engine, account, stream_key)
 
     def set_progress_state(self, account: str, stream_key: str, state: dict[str, Any]) -> None:
         """Store an operator's free-form watermark for (*account*, *stream_key*) (last write wins)."""
         self._ensure_migrated()
-        t = schema.stream_progress
-        now = datetime.now(timezone.utc)
-        with self.engine.begin() as conn:
-            row = {
-                "account": account,
-                "stream_key": stream_key,
-                "batches": 0,
-                "updates": 0,
-                "updated_at": now,
-            }
-            conn.execute(upsert.progress_upsert(conn.dialect.name), [row])
-            conn.execute(
-                t.update().where(t.c.account == account, t.c.stream_key == stream_key).values(state=state)
-            )
+        reads.save_progress_state(self.engine, account, stream_key, state)
 
     # ------------------------------------------------------------------ operators' typed entry points
     # Operator progress, stored objects for reconciliation, the reconciliation log. The logic
@@ -452,27 +384,3 @@ class PortfolioStore:
         self._ensure_migrated()
         with self.engine.connect() as conn:
             return health.read_rows(conn, limit)
-
-
-def _write_batch(
-    writer: BatchWriter, batch: Batch, health_records: Sequence[health.StreamHealth], conn: Connection
-) -> ApplyResult:
-    """Every table of *batch* through *writer*, in the one table order all writers keep."""
-    counts, new_events = writer.write_orders(conn, batch)
-    inserted, updated, ignored = counts.inserted, counts.updated, counts.ignored
-    for update_type in UPDATE_TYPES:
-        if update_type == ORDER:
-            continue
-        winners, duplicates = batch.winners(update_type)
-        counts = writer.write_states(conn, update_type, winners)
-        inserted += counts.inserted
-        updated += counts.updated
-        ignored += counts.ignored + duplicates
-    if batch.rejects:
-        conn.execute(schema.rejected_updates.insert(), batch.rejects)
-    progress = batch.progress_rows()
-    if progress:
-        writer.write_progress(conn, progress)
-    if health_records:
-        health.write(conn, health_records, batch.now)
-    return ApplyResult(inserted, updated, ignored, len(batch.rejects), new_events)
