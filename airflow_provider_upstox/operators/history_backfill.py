@@ -14,6 +14,11 @@ accounts, nearly all finding nothing to do). In that mode the day's trade book i
 the accounts whose *trade book due* record (:func:`trade_book_due_key`, set by the persist task
 when a batch carried snapshot rows, i.e. after a (re)connect) says so, and the record is cleared
 once read: a group cut short by its time limit leaves the rest due for the next run.
+
+A token Upstox refused (it dies at 03:30 India time) is not a failure of the backfill: the stream
+of that account waits for a new token and says so once (``docs/PROTOCOL.md`` §6). The task keeps
+the refused token's fingerprint (:func:`refused_token_key`, never the token) and makes no call for
+that account until its connection holds another token; the queue stays in the database meanwhile.
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ log = logging.getLogger(__name__)
 def trade_book_due_key(conn_id: str) -> str:
     """The operator progress record saying the account of *conn_id* must read its trade book."""
     return f"trade_book_due:{conn_id}"
+
+
+def refused_token_key(conn_id: str) -> str:
+    """The operator progress record holding the fingerprint of *conn_id*'s token Upstox refused."""
+    return f"backfill_refused_token:{conn_id}"
 
 
 class UpstoxHistoryBackfillOperator(BaseOperator):
@@ -97,12 +107,27 @@ class UpstoxHistoryBackfillOperator(BaseOperator):
     @staticmethod
     def _backfill(store: Any, conn_id: str, time_limit: float, trade_book: bool) -> dict[str, Any]:
         from airflow_provider_upstox.backfill import run_backfill
-        from airflow_provider_upstox.hooks.upstox import UpstoxHook
+        from airflow_provider_upstox.exceptions import UpstoxError
+        from airflow_provider_upstox.hooks.upstox import UpstoxHook, is_token_refusal
 
         hook = UpstoxHook(upstox_conn_id=conn_id)
-        account = str(hook.get_account_id())
-        with hook.get_conn() as client:
-            result = run_backfill(store, client, account, time_limit=time_limit, trade_book=trade_book)
+        fingerprint = hook.token_fingerprint()
+        refused = store.load_operator_progress(refused_token_key(conn_id)) or {}
+        if refused.get("fingerprint") and refused["fingerprint"] == fingerprint:
+            log.info("%s: no backfill call with the token Upstox refused; waiting for a new one", conn_id)
+            return {"token_refused": True, "trade_book_read": False}
+        try:
+            account = str(hook.get_account_id())
+            with hook.get_conn() as client:
+                result = run_backfill(store, client, account, time_limit=time_limit, trade_book=trade_book)
+        except UpstoxError as exc:
+            if not is_token_refusal(exc):
+                raise
+            log.warning("%s: Upstox refused the token (%s); backfill paused until it changes", conn_id, exc)
+            store.save_operator_progress(refused_token_key(conn_id), {"fingerprint": fingerprint})
+            return {"token_refused": True, "trade_book_read": False}
+        if refused:
+            store.save_operator_progress(refused_token_key(conn_id), {})
         return {
             "account": account,
             "orders": result.orders,

@@ -88,3 +88,45 @@ def test_no_backfill_call_with_a_refused_token_until_the_connection_changes(
     _use_token(monkeypatch, simulator, "another-token-" + "x" * 24)  # someone pasted a new token
     _resume(operator, context, _snapshot_batch(account))
     assert refused() > after_first  # a different token: the backfill calls again
+
+
+def test_events_dag_backfill_task_makes_no_call_with_a_refused_token(
+    simulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The events DAG's ``backfill_history`` task: a refused token pauses that account's backfill
+    (the task succeeds, the queue waits) with no further call until the connection's token changes;
+    a valid new token clears the record and the backfill reads again."""
+    from airflow_provider_upstox.operators._db import open_store
+    from airflow_provider_upstox.operators.history_backfill import (
+        UpstoxHistoryBackfillOperator,
+        refused_token_key,
+    )
+    from tests.reliability.matrix import new_token_via_oauth
+
+    db = {"conn_type": "sqlite", "host": str(tmp_path / "store.db")}
+    monkeypatch.setenv("AIRFLOW_CONN_UPSTOX_BACKFILL_DB", json.dumps(db))
+    _use_token(monkeypatch, simulator, simulator.token)
+    operator = UpstoxHistoryBackfillOperator(
+        task_id="backfill_history", upstox_conn_id="upstox_sim", sql_conn_id="upstox_backfill_db"
+    )
+    refused = lambda: simulator.control.counters()["unauthorized"]  # noqa: E731
+    assert operator.execute({})["trade_book_read"]
+    assert refused() == 0
+
+    simulator.control.expire_token()
+    assert operator.execute({}) == {"token_refused": True, "trade_book_read": False}
+    after_first = refused()
+    assert after_first == 1  # one call found out (the profile read)
+    operator.execute({})
+    operator.execute({})
+    assert refused() == after_first  # and then none with that token
+    stored = open_store("upstox_backfill_db").load_operator_progress(refused_token_key("upstox_sim"))
+    assert stored is not None
+    assert simulator.token not in json.dumps(stored)
+
+    _use_token(monkeypatch, simulator, new_token_via_oauth(simulator.base_url))
+    result = operator.execute({})
+    assert result["trade_book_read"]
+    assert "token_refused" not in result
+    assert refused() == after_first
+    assert open_store("upstox_backfill_db").load_operator_progress(refused_token_key("upstox_sim")) == {}
