@@ -24,8 +24,10 @@ they name a dependency local to :func:`create_app`.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import parse_qsl, urlencode
 
@@ -91,7 +93,16 @@ def _error(status: int, message: str) -> JSONResponse:
 def create_app() -> FastAPI:
     get_user, requires_access_connection = _security()
     user_dep = Annotated[Any, Depends(get_user)]
-    app = FastAPI(title="Upstox tokens", docs_url=None, redoc_url=None, openapi_url=None)
+    postback = PostbackEndpoint()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Airflow's API server enters the lifespan of every mounted plugin app.
+        await postback.resume()
+        yield
+        await postback.aclose()
+
+    app = FastAPI(title="Upstox tokens", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     deliveries = notifier.TokenBucket(capacity=10, rate=0.2)
     wrong_keys = notifier.TokenBucket(capacity=20, rate=1.0)
 
@@ -269,8 +280,6 @@ def create_app() -> FastAPI:
             "problem": problem,
         }
         return JSONResponse(body, headers={"Cache-Control": "no-store"})
-
-    postback = PostbackEndpoint()
 
     @app.post("/postback/{key}")
     async def postback_webhook(key: str, request: Request) -> JSONResponse:

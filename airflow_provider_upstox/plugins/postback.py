@@ -127,6 +127,24 @@ class PostbackEndpoint:
         self._wake()
 
     # ---------------------------------------------------------------- drain
+    async def resume(self) -> None:
+        """Drain what an earlier run of the API server left spooled (it stopped while the store was
+        down); called when the server starts, not only at the next postback, which may be hours away."""
+        if await asyncio.to_thread(self._has_spooled):
+            self._wake()
+
+    def _has_spooled(self) -> bool:
+        """Anything in the spool? Without creating a spool file where none exists yet."""
+        if self._spool is None and not os.path.exists(spool_path()):
+            return False
+        return bool(self.spool.count())
+
+    async def aclose(self) -> None:
+        """Stop the drainer (the API server shuts down): what is left stays spooled on disk."""
+        if self._drainer is not None and not self._drainer.done():
+            self._drainer.cancel()
+            await asyncio.gather(self._drainer, return_exceptions=True)
+
     def _wake(self) -> None:
         if self._wakeup is None:
             self._wakeup = asyncio.Event()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 
@@ -128,3 +129,41 @@ def test_token_bucket_limits_bursts_and_refills() -> None:
     assert [bucket.take() for _ in range(5)] == [True, True, True, False, False]
     time.sleep(0.05)
     assert bucket.take()
+
+
+def test_postbacks_spooled_before_a_restart_are_drained_when_the_server_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An API server that stopped while the store was down left postbacks in its spool: the next
+    start drains them (the plugin app's lifespan, which Airflow's API server enters), without
+    waiting for another postback to arrive."""
+    from fastapi.testclient import TestClient
+
+    from airflow_provider_upstox import postbacks
+    from airflow_provider_upstox.plugins.app import create_app
+    from airflow_provider_upstox.store import PortfolioStore
+    from tests.store.histories import order_message
+
+    spool_file = tmp_path / "spool.sqlite"
+    db_file = tmp_path / "store.sqlite"
+    monkeypatch.setenv("AIRFLOW__UPSTOX__POSTBACK_SPOOL", str(spool_file))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_UPSTOX_SPOOL_STORE", json.dumps({"conn_type": "sqlite", "host": str(db_file)})
+    )
+    spool = postbacks.PostbackSpool(spool_file)
+    for order_id in ("240221000000001", "240221000000002"):
+        spool.put("upstox_spool_store", "AB1234", postbacks.parse_postback(order_message(order_id), "AB1234"))
+    assert spool.count() == 2
+
+    with TestClient(create_app()):
+        deadline = time.monotonic() + 30
+        while spool.count() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert spool.count() == 0
+    store = PortfolioStore.from_url(f"sqlite:///{db_file}")
+    try:
+        orders = store.read_state("AB1234")["order"]
+    finally:
+        store.engine.dispose()
+    assert set(orders) == {"240221000000001", "240221000000002"}
+    assert {row["source"] for row in orders.values()} == {"postback"}
