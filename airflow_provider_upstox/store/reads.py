@@ -1,4 +1,5 @@
-"""Reads for the layers above the store: stored Upstox objects, and operator progress records.
+"""Reads for the layers above the store: stored states and Upstox objects, progress rows and
+operator progress records (whose small writes live here too, beside their reads).
 
 Callers (the reconciliation operator, the stream and asset-event operators) reach these through
 :class:`~airflow_provider_upstox.store.PortfolioStore` methods, never through table names: the
