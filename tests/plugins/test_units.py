@@ -131,13 +131,13 @@ def test_token_bucket_limits_bursts_and_refills() -> None:
     assert bucket.take()
 
 
-def test_postbacks_spooled_before_a_restart_are_drained_when_the_server_starts(
+async def test_postbacks_spooled_before_a_restart_are_drained_when_the_server_starts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An API server that stopped while the store was down left postbacks in its spool: the next
-    start drains them (the plugin app's lifespan, which Airflow's API server enters), without
-    waiting for another postback to arrive."""
-    from fastapi.testclient import TestClient
+    start drains them, without waiting for another postback to arrive. The app's lifespan is
+    entered the way Airflow's API server enters every mounted plugin app's."""
+    import asyncio
 
     from airflow_provider_upstox import postbacks
     from airflow_provider_upstox.plugins.app import create_app
@@ -155,10 +155,11 @@ def test_postbacks_spooled_before_a_restart_are_drained_when_the_server_starts(
         spool.put("upstox_spool_store", "AB1234", postbacks.parse_postback(order_message(order_id), "AB1234"))
     assert spool.count() == 2
 
-    with TestClient(create_app()):
+    app = create_app()
+    async with app.router.lifespan_context(app):
         deadline = time.monotonic() + 30
-        while spool.count() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        while spool.count() and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
     assert spool.count() == 0
     store = PortfolioStore.from_url(f"sqlite:///{db_file}")
     try:
