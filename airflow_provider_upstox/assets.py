@@ -22,9 +22,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from airflow.sdk import Asset, AssetAlias, AssetWatcher
+
+if TYPE_CHECKING:
+    from airflow.triggers.base import BaseEventTrigger
 
 from airflow_provider_upstox.market_hours import parse_stop_at
 from airflow_provider_upstox.models.updates import GTT_ORDER, HOLDING, ORDER, POSITION, normalize_update_types
@@ -97,11 +100,11 @@ def watched_asset(
         max_batch_wait=max_batch_wait,
         idle_timeout=idle_timeout,
     )
-    return Asset(
-        name=f"upstox_events__{conn_id}",
-        uri=f"{ASSET_SCHEME}://{conn_id}/events",
-        group="upstox",
-        watchers=[AssetWatcher(name=f"upstox_watcher__{conn_id}", trigger=trigger)],
+    return _watched(
+        f"upstox_events__{conn_id}",
+        f"{ASSET_SCHEME}://{conn_id}/events",
+        f"upstox_watcher__{conn_id}",
+        trigger,
     )
 
 
@@ -130,12 +133,17 @@ def watched_group_asset(
         max_batch_wait=max_batch_wait,
         idle_timeout=idle_timeout,
     )
-    return Asset(
-        name=f"upstox_events_group__{group}",
-        uri=f"{ASSET_SCHEME}://groups/{group}/events",
-        group="upstox",
-        watchers=[AssetWatcher(name=f"upstox_group_watcher__{group}", trigger=trigger)],
+    return _watched(
+        f"upstox_events_group__{group}",
+        f"{ASSET_SCHEME}://groups/{group}/events",
+        f"upstox_group_watcher__{group}",
+        trigger,
     )
+
+
+def _watched(name: str, uri: str, watcher: str, trigger: BaseEventTrigger) -> Asset:
+    """An asset of the ``upstox`` group with one watcher; *watcher* is its identity in the triggerer."""
+    return Asset(name=name, uri=uri, group="upstox", watchers=[AssetWatcher(name=watcher, trigger=trigger)])
 
 
 def watched_assets(
