@@ -45,6 +45,7 @@ from airflow_provider_upstox.models.events import (
     InvalidEventError,
     TokenWaitEvent,
     decode_event,
+    group_members,
 )
 from airflow_provider_upstox.models.updates import Update
 from airflow_provider_upstox.operators._asset_drain import COUNT_NAMES, Cursor, Queued, drain
@@ -178,7 +179,8 @@ def _queue_updates(
     page of the plugin; :mod:`airflow_provider_upstox.store.health`), observed at the asset event's
     time, so a replayed event cannot move a row back.
 
-    A group watcher's event (``{"status": "group", "members": [...]}``) holds one payload per member
+    A group watcher's event (``{"status": "group", "members": ...}``, read by
+    :func:`~airflow_provider_upstox.models.events.group_members`) holds one payload per member
     batch, each naming its connection (``conn_id``). A bad event or member is counted and skipped,
     not raised: raising would hold the watermark before it forever, and no event after it would
     ever be persisted.
@@ -191,12 +193,15 @@ def _queue_updates(
         counts["foreign"] += 1
         return []
     payload = extra["payload"]
-    members = (
-        payload.get("members") if isinstance(payload, dict) and payload.get("status") == "group" else None
-    )
+    try:
+        members = group_members(payload)
+    except InvalidEventError as exc:
+        log.error("Asset event %s of %s: %s; skipped", event.id, asset.name, exc)
+        counts["invalid"] += 1
+        return []
     queued: list[Queued] = []
     observed_at = event.timestamp if event.timestamp.tzinfo else event.timestamp.replace(tzinfo=timezone.utc)
-    for member in members if isinstance(members, list) else [payload]:
+    for member in members if members is not None else [payload]:
         item = _queue_payload(member, event.id, asset, pending, counts, refusals, health, observed_at)
         if item is not None:
             queued.append(item)

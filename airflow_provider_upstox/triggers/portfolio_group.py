@@ -6,7 +6,8 @@ each on two loaded cores, measured by ``bench/watcher_dag_scale.py``), the sched
 thousand queued assets, and the DAG file serializes a thousand watchers. This trigger streams a
 *group* of accounts on one event loop, one :class:`UpstoxPortfolioStreamTrigger` (watch mode) per
 account, and yields what the members produced together: one event
-``{"status": "group", "members": [<member event>, ...]}`` per ``group_wait`` seconds at most (or
+``{"status": "group", "members": "[<member event>, ...]"}`` (the members as one JSON string:
+:func:`~airflow_provider_upstox.models.events.encode_group`) per ``group_wait`` seconds at most (or
 per ``max_members`` member events), so one asset per group carries them, with one asset event per
 group batch instead of one per account batch (reading an asset event costs the persist task about
 6 ms whatever its size, measured by the same bench). Each member event is unchanged (a
@@ -30,6 +31,7 @@ from typing import Any
 import msgspec
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
+from airflow_provider_upstox.models.events import encode_group
 from airflow_provider_upstox.models.updates import normalize_update_types
 from airflow_provider_upstox.triggers.portfolio_stream import UpstoxPortfolioStreamTrigger
 
@@ -37,8 +39,6 @@ log = logging.getLogger(__name__)
 
 #: Member events waiting to be yielded before the members' batches are held back (back-pressure).
 QUEUE_EVENTS = 1000
-#: Status of a group event (the consumer reads its ``members``).
-GROUP_STATUS = "group"
 
 
 class UpstoxPortfolioGroupStreamTrigger(BaseEventTrigger):  # type: ignore[misc]  # airflow is untyped here
@@ -136,7 +136,7 @@ class UpstoxPortfolioGroupStreamTrigger(BaseEventTrigger):  # type: ignore[misc]
                         carry = member
                         break
                     members.append(member)
-                yield TriggerEvent({"status": GROUP_STATUS, "members": members})
+                yield TriggerEvent(encode_group(members))
         finally:
             for task in tasks:
                 task.cancel()

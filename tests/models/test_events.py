@@ -28,6 +28,8 @@ from airflow_provider_upstox.models.events import (
     TokenWaitEvent,
     decode_event,
     encode_event,
+    encode_group,
+    group_members,
 )
 from airflow_provider_upstox.models.updates import Update, encode_updates
 
@@ -163,3 +165,27 @@ def test_encoding_does_not_copy_update_data() -> None:
     payload = encode_event(BatchEvent(updates=UPDATES))
     assert payload["updates"][0][1] is UPDATES[0].data
     assert msgspec.json.decode(msgspec.json.encode(payload)) == json.loads(json.dumps(payload))
+
+
+def test_group_event_members_travel_as_one_json_string() -> None:
+    """Airflow parses and validates every nested value of an asset event's extra on each read: the
+    members of a group event are one string, and both that and the nested list of earlier versions
+    read back to the same member payloads."""
+    update = Update(update_type="order", data={"order_id": "1", "status": "open"}, seq=1, received_at_us=2)
+    members = [
+        {**encode_event(BatchEvent(account="AB1234", updates=[update])), "conn_id": "c1"},
+        {
+            **encode_event(TokenWaitEvent(refused_fingerprint="f", since_us=1, probed_at_us=1, account="CD")),
+            "conn_id": "c2",
+        },
+    ]
+    payload = encode_group(members)
+    assert set(payload) == {"status", "members"}
+    assert isinstance(payload["members"], str)
+    assert json.loads(json.dumps(payload)) == payload  # plain JSON for Airflow's JSON columns
+    assert group_members(payload) == json.loads(json.dumps(members))
+    assert group_members({"status": "group", "members": members}) == members
+    assert group_members(encode_event(BatchEvent(account="AB1234", updates=[update]))) is None
+    for bad in ("[1,", "{}", 7):
+        with pytest.raises(InvalidEventError, match="group event"):
+            group_members({"status": "group", "members": bad})

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from airflow.sdk import Asset
 
+from airflow_provider_upstox.models.events import encode_group
 from airflow_provider_upstox.models.updates import SNAPSHOT, STREAM, Update, encode_updates, next_seq, now_us
 from airflow_provider_upstox.operators import asset_events
 from airflow_provider_upstox.operators.history_backfill import (
@@ -156,10 +157,12 @@ def test_group_backfill_reads_the_trade_book_only_where_due(
     store.engine.dispose()
 
 
-def test_group_asset_events_name_their_connection(store: PortfolioStore) -> None:
+@pytest.mark.parametrize("shape", ["string", "nested"])
+def test_group_asset_events_name_their_connection(store: PortfolioStore, shape: str) -> None:
     """A group watcher's event holds member events, each with its ``conn_id``: all are applied, the
     backfill runs for the right connection, and the account -> connection map survives in the
-    watermark for queued work found in later runs. A bad member is counted, not fatal."""
+    watermark for queued work found in later runs. A bad member is counted, not fatal. Members as
+    one JSON string (what the trigger sends) or as a nested list (events of earlier versions)."""
     group = Asset(name="upstox_events_group__g0", uri="upstox://groups/g0/events")
     snap, live = event(1, 0, "U1", "o1", 0, SNAPSHOT), event(2, 0, "U2", "o2", 3)
     members = [
@@ -167,7 +170,8 @@ def test_group_asset_events_name_their_connection(store: PortfolioStore) -> None
         {"status": "batch", "conn_id": "c9"},  # damaged
         {**live.extra["payload"], "conn_id": "c2"},
     ]
-    merged = Event(7, T0, {"from_trigger": True, "payload": {"status": "group", "members": members}})
+    payload = encode_group(members) if shape == "string" else {"status": "group", "members": members}
+    merged = Event(7, T0, {"from_trigger": True, "payload": payload})
     pushed: dict[str, Any] = {}
     ti = SimpleNamespace(xcom_push=lambda key, value: pushed.__setitem__(key, value))
     context = {"inlet_events": {group: Accessor([merged])}, "ti": ti}
