@@ -9,8 +9,9 @@ account, and yields what the members produced together: one event
 ``{"status": "group", "members": "[<member event>, ...]"}`` (the members as one JSON string:
 :func:`~airflow_provider_upstox.models.events.encode_group`) per ``group_wait`` seconds at most (or
 per ``max_members`` member events), so one asset per group carries them, with one asset event per
-group batch instead of one per account batch (reading an asset event costs the persist task about
-6 ms whatever its size, measured by the same bench). Each member event is unchanged (a
+group batch instead of one per account batch (every asset event read costs the persist task, and
+the API server that serves it, a fixed share plus one in proportion to the JSON values of its
+``extra``: hence the members as one string). Each member event is unchanged (a
 ``BatchEvent``, ``TokenWaitEvent`` or ``ErrorEvent`` payload naming its account) plus the member's
 connection id (``"conn_id"``: not a secret), so the consumer knows which connection an account's
 backfill uses.
