@@ -85,15 +85,16 @@ class SlowCallbacks(logging.Handler):
             self.messages.append(message)
 
     def check(self, threshold: float = 0.05) -> None:
-        """No callback over *threshold*: asyncio's own warnings when the machine has a free core
-        (otherwise preemption by other processes shows up as wall-clock slowness), CPU time always."""
+        """No callback over *threshold* of CPU time. asyncio's own wall-clock warnings are printed,
+        not asserted: on two cores the simulator process beside the loop preempts it for tens of
+        milliseconds at moments a 1-minute load average cannot see (a clean-clone CI run: 66 ms of
+        wall clock for a callback under the CPU limit), while CPU time measures what the trigger's
+        code itself blocks."""
         assert not self.cpu_slow, self.cpu_slow
-        load = os.getloadavg()[0]
-        if load < (os.cpu_count() or 1):
-            assert not self.messages, self.messages
-        elif self.messages:
+        if self.messages:
+            load = os.getloadavg()[0]
             print(
-                f"load {load:.1f}: {len(self.messages)} wall-clock slow callbacks not counted", self.messages
+                f"load {load:.1f}: {len(self.messages)} wall-clock slow callbacks, not counted", self.messages
             )
 
 
