@@ -31,7 +31,12 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_upstox.client.budget import RateBudget, budget_for
-from airflow_provider_upstox.exceptions import UpstoxAPIError, UpstoxAuthenticationError, UpstoxError
+from airflow_provider_upstox.exceptions import (
+    UpstoxAPIError,
+    UpstoxAuthenticationError,
+    UpstoxError,
+    is_token_refusal,
+)
 from airflow_provider_upstox.models.updates import HISTORY, ORDER, Update, next_seq, now_us, strip_deprecated
 
 if TYPE_CHECKING:
@@ -175,6 +180,36 @@ def run_backfill(
             result.states_added += added
             result.trades_added += fills_added
     return _finish(store, account, result)
+
+
+def unless_token_refused(
+    refused: str | None,
+    fingerprint: Callable[[], str | None],
+    backfill: Callable[[], BackfillResult],
+) -> tuple[BackfillResult | None, str | None]:
+    """Run *backfill* unless the connection still holds the token Upstox last refused.
+
+    Every access token dies at 03:30 India time, and a backfill that called Upstox with it on each
+    run would only collect refusals, each counted against the account's rate limits. So the caller
+    keeps the refused token's fingerprint (never the token: the stream operator in its progress, the
+    backfill task in a store record) and no call is made until the connection holds another token.
+    The queue waits in the store meanwhile.
+
+    :param refused: fingerprint of the token Upstox refused last (``None``: none).
+    :param fingerprint: reads the connection's token fingerprint now (only called when needed).
+    :returns: ``(result, None)`` after a backfill ran; ``(None, fingerprint to keep)`` when the
+        token is, or still is, refused.
+    :raises UpstoxError: any failure other than a refused token (the caller decides).
+    """
+    if refused is not None and fingerprint() == refused:
+        return None, refused
+    try:
+        return backfill(), None
+    except UpstoxError as exc:
+        if not is_token_refusal(exc):
+            raise
+        log.warning("Upstox refused the token (%s); history backfill paused until it changes", exc)
+        return None, fingerprint()
 
 
 def _finish(store: PortfolioStore, account: str, result: BackfillResult) -> BackfillResult:

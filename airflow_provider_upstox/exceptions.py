@@ -114,6 +114,22 @@ class UpstoxRateLimitError(UpstoxAPIError):
         super().__init__(message, **kwargs)
 
 
+#: Upstox's error code for an invalid or expired access token (``docs/PROTOCOL.md`` §3).
+INVALID_TOKEN_CODE = "UDAPI100050"
+
+
+def is_token_refusal(exc: BaseException) -> bool:
+    """Did Upstox refuse the token itself (401/403 or ``UDAPI100050``), as opposed to anything else?
+
+    The one test the stream and the history backfill use to wait for a new token instead of retrying.
+    """
+    if isinstance(exc, UpstoxAuthenticationError):
+        return True
+    if isinstance(exc, UpstoxAPIError):
+        return exc.status_code in (401, 403) or exc.error_code == INVALID_TOKEN_CODE
+    return False
+
+
 class UpstoxServerError(UpstoxAPIError):
     """Upstox answered 5xx: retried with backoff, raised when retries run out."""
 

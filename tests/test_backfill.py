@@ -15,9 +15,10 @@ import pytest
 import sqlalchemy as sa
 import tenacity
 
-from airflow_provider_upstox.backfill import run_backfill
+from airflow_provider_upstox.backfill import BackfillResult, run_backfill, unless_token_refused
 from airflow_provider_upstox.client import UpstoxClient, UpstoxClientConfig
 from airflow_provider_upstox.client.budget import BACKFILL_SHARE, UPSTOX_LIMITS, Limits, RateBudget
+from airflow_provider_upstox.exceptions import UpstoxAuthenticationError, UpstoxServerError
 from airflow_provider_upstox.models.updates import HISTORY, SNAPSHOT, STREAM, Update, next_seq, now_us
 from airflow_provider_upstox.reconciliation import compare_fills, trade_book_days
 from airflow_provider_upstox.simulator import RunningSimulator
@@ -195,3 +196,34 @@ def test_the_simulator_answers_429_over_upstox_limits(simulator: RunningSimulato
     counts = simulator.control.requests()["accounts"][ACCOUNT]
     assert counts["peaks"]["1s"] <= 50
     assert counts["refused"] == len(refused)
+
+
+def test_unless_token_refused_keeps_the_refused_fingerprint_and_skips_until_the_token_changes() -> None:
+    calls: list[str] = []
+    token = {"fingerprint": "aaaa"}
+
+    def backfill() -> BackfillResult:
+        calls.append(token["fingerprint"])
+        if token["fingerprint"] == "aaaa":
+            raise UpstoxAuthenticationError("refused", status_code=401)
+        return BackfillResult(orders=1)
+
+    def current() -> str | None:
+        return token["fingerprint"]
+
+    result, refused = unless_token_refused(None, current, backfill)
+    assert (result, refused, calls) == (None, "aaaa", ["aaaa"])  # refused: its fingerprint is kept
+    result, refused = unless_token_refused(refused, current, backfill)
+    assert (result, refused, calls) == (None, "aaaa", ["aaaa"])  # same token: no call at all
+    token["fingerprint"] = "bbbb"  # a new token in the connection
+    result, refused = unless_token_refused(refused, current, backfill)
+    assert result is not None
+    assert (result.orders, refused, calls) == (1, None, ["aaaa", "bbbb"])
+
+
+def test_unless_token_refused_raises_every_other_failure() -> None:
+    def backfill() -> BackfillResult:
+        raise UpstoxServerError("boom", status_code=503)
+
+    with pytest.raises(UpstoxServerError):
+        unless_token_refused(None, lambda: "aaaa", backfill)

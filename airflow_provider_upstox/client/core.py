@@ -26,6 +26,7 @@ import httpx
 from airflow_provider_upstox import __version__
 from airflow_provider_upstox.client.config import UpstoxClientConfig
 from airflow_provider_upstox.exceptions import (
+    INVALID_TOKEN_CODE,
     TOKEN_EXPIRY_HINT,
     UpstoxAPIError,
     UpstoxAuthenticationError,
@@ -53,7 +54,6 @@ HOLDINGS_PATH = "/v2/portfolio/long-term-holdings"
 GTT_ORDERS_PATH = "/v3/order/gtt"
 
 #: Upstox error codes with a fixed meaning (``docs/PROTOCOL.md`` §3).
-INVALID_TOKEN_CODE = "UDAPI100050"
 RATE_LIMIT_CODE = "UDAPI10005"
 
 USER_AGENT = f"airflow-provider-upstox/{__version__}"

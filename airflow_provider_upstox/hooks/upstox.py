@@ -44,11 +44,10 @@ from airflow_provider_upstox.client.config import DEFAULT_BASE_URL
 from airflow_provider_upstox.client.core import stream_uri_secrets
 from airflow_provider_upstox.client.login import IssuedToken, LoginApp, TokenRequest
 from airflow_provider_upstox.exceptions import (
-    UpstoxAPIError,
-    UpstoxAuthenticationError,
     UpstoxError,
     UpstoxMalformedResponseError,
 )
+from airflow_provider_upstox.exceptions import is_token_refusal as is_token_refusal  # re-exported
 from airflow_provider_upstox.models.updates import GTT_ORDER, HOLDING, ORDER, POSITION, normalize_update_types
 
 try:  # task-sdk >= 1.3.2: masking that cannot deadlock inside an event loop
@@ -538,8 +537,6 @@ def _user_id(profile: dict[str, Any]) -> str:
 #: Extra key of the renewal record the plugin writes with a new token (issued/expiry time, user,
 #: fingerprint). A nested object, so that no key name trips Airflow's sensitive-field masking.
 RENEWAL_EXTRA_KEY = "renewal"
-#: Upstox's code for an invalid or expired token (docs/PROTOCOL.md §3).
-INVALID_TOKEN_CODE = "UDAPI100050"
 
 
 def token_fingerprint(token: str | None) -> str | None:
@@ -548,18 +545,6 @@ def token_fingerprint(token: str | None) -> str | None:
     if not token:
         return None
     return hashlib.sha256(token.encode()).hexdigest()[:16]
-
-
-def is_token_refusal(exc: BaseException) -> bool:
-    """Did Upstox refuse the token itself (401/403 or ``UDAPI100050``), as opposed to anything else?
-
-    The one test a stream uses to switch into *waiting for a new token* instead of retrying.
-    """
-    if isinstance(exc, UpstoxAuthenticationError):
-        return True
-    if isinstance(exc, UpstoxAPIError):
-        return exc.status_code in (401, 403) or exc.error_code == INVALID_TOKEN_CODE
-    return False
 
 
 def login_app_from_extra(conn_id: str, extra: dict[str, Any]) -> LoginApp:

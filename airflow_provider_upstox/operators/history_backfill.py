@@ -106,28 +106,27 @@ class UpstoxHistoryBackfillOperator(BaseOperator):
 
     @staticmethod
     def _backfill(store: Any, conn_id: str, time_limit: float, trade_book: bool) -> dict[str, Any]:
-        from airflow_provider_upstox.backfill import run_backfill
-        from airflow_provider_upstox.exceptions import UpstoxError
-        from airflow_provider_upstox.hooks.upstox import UpstoxHook, is_token_refusal
+        from airflow_provider_upstox.backfill import BackfillResult, run_backfill, unless_token_refused
+        from airflow_provider_upstox.hooks.upstox import UpstoxHook
 
         hook = UpstoxHook(upstox_conn_id=conn_id)
-        fingerprint = hook.token_fingerprint()
-        refused = store.load_operator_progress(refused_token_key(conn_id)) or {}
-        if refused.get("fingerprint") and refused["fingerprint"] == fingerprint:
-            log.info("%s: no backfill call with the token Upstox refused; waiting for a new one", conn_id)
-            return {"token_refused": True, "trade_book_read": False}
-        try:
+        account = ""
+
+        def backfill() -> BackfillResult:
+            nonlocal account
             account = str(hook.get_account_id())
             with hook.get_conn() as client:
-                result = run_backfill(store, client, account, time_limit=time_limit, trade_book=trade_book)
-        except UpstoxError as exc:
-            if not is_token_refusal(exc):
-                raise
-            log.warning("%s: Upstox refused the token (%s); backfill paused until it changes", conn_id, exc)
-            store.save_operator_progress(refused_token_key(conn_id), {"fingerprint": fingerprint})
+                return run_backfill(store, client, account, time_limit=time_limit, trade_book=trade_book)
+
+        record = store.load_operator_progress(refused_token_key(conn_id)) or {}
+        result, refused = unless_token_refused(record.get("fingerprint"), hook.token_fingerprint, backfill)
+        if refused != record.get("fingerprint"):
+            store.save_operator_progress(
+                refused_token_key(conn_id), {"fingerprint": refused} if refused else {}
+            )
+        if result is None:
+            log.info("%s: no backfill call with the token Upstox refused; waiting for a new one", conn_id)
             return {"token_refused": True, "trade_book_read": False}
-        if refused:
-            store.save_operator_progress(refused_token_key(conn_id), {})
         return {
             "account": account,
             "orders": result.orders,

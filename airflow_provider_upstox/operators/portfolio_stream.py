@@ -440,32 +440,34 @@ class UpstoxPortfolioStreamOperator(BaseOperator):
         The trade book is read after every snapshot, and at most every ``trade_book_interval``
         seconds while live updates show new fills.
         """
-        from airflow_provider_upstox.backfill import run_backfill
-        from airflow_provider_upstox.hooks.upstox import UpstoxHook, is_token_refusal, token_fingerprint
+        from airflow_provider_upstox.backfill import BackfillResult, run_backfill, unless_token_refused
+        from airflow_provider_upstox.hooks.upstox import UpstoxHook
 
         now = now_us()
         due = progress.fills_pending and now - progress.trade_book_at_us >= self.trade_book_interval * 1e6
         if not (snapshot or due or store.pending_history_backfill(account, limit=1)):
             return
         hook = UpstoxHook(upstox_conn_id=self.upstox_conn_id)
-        if progress.backfill_refused_token is not None:
-            if hook.token_fingerprint() == progress.backfill_refused_token:
-                return  # no call with a token Upstox refused; the queue waits for the new one
-            progress.backfill_refused_token = None
-        try:
+
+        def backfill() -> BackfillResult:
             with hook.get_conn() as client:
-                result = run_backfill(
+                return run_backfill(
                     store,
                     client,
                     account,
                     time_limit=float(self.backfill_time_slice),
                     trade_book=snapshot or due,
                 )
+
+        try:
+            result, progress.backfill_refused_token = unless_token_refused(
+                progress.backfill_refused_token, hook.token_fingerprint, backfill
+            )
         except UpstoxError as exc:  # the queue is in the database: the next wake-up goes on
             log.warning("History backfill of %s paused: %s", account, exc)
-            if is_token_refusal(exc):
-                progress.backfill_refused_token = token_fingerprint(hook.get_settings().config.access_token)
             return
+        if result is None:
+            return  # no call with a token Upstox refused; the queue waits for the new one
         if result.trade_book_read:
             progress.trade_book_at_us = now
             progress.fills_pending = False

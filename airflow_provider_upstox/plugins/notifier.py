@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from airflow_provider_upstox.client.login import aget_profile_with_token
-from airflow_provider_upstox.exceptions import UpstoxError
-from airflow_provider_upstox.hooks.upstox import is_token_refusal, login_endpoint
+from airflow_provider_upstox.exceptions import UpstoxError, is_token_refusal
+from airflow_provider_upstox.hooks.upstox import login_endpoint
 from airflow_provider_upstox.plugins import connections as store
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from datetime import datetime
 from typing import Any
 
 from airflow_provider_upstox.client.login import IST, aget_profile_with_token, next_daily_expiry
-from airflow_provider_upstox.exceptions import UpstoxError
-from airflow_provider_upstox.hooks.upstox import is_token_refusal, login_endpoint
+from airflow_provider_upstox.exceptions import UpstoxError, is_token_refusal
+from airflow_provider_upstox.hooks.upstox import login_endpoint
 from airflow_provider_upstox.plugins import connections as store
 
 PROBE_TIMEOUT = 5.0

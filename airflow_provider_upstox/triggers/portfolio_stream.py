@@ -47,12 +47,8 @@ from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
 from airflow_provider_upstox.client import AsyncUpstoxClient
 from airflow_provider_upstox.client.aio import ashared_ssl_context
-from airflow_provider_upstox.hooks.upstox import (
-    UpstoxHook,
-    is_token_refusal,
-    snapshot_reader,
-    token_fingerprint,
-)
+from airflow_provider_upstox.exceptions import is_token_refusal
+from airflow_provider_upstox.hooks.upstox import UpstoxHook, snapshot_reader, token_fingerprint
 from airflow_provider_upstox.models.events import (
     BatchEvent,
     ErrorEvent,
