@@ -16,27 +16,39 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from airflow_provider_upstox.client.budget import UPSTOX_LIMITS
 from airflow_provider_upstox.simulator.connections import Client
 from airflow_provider_upstox.simulator.model import MarketModel
 
-#: (window in seconds, most requests per user and API in it): ``docs/PROTOCOL.md`` §8.
-RATE_LIMITS: Final = ((1.0, 50), (60.0, 500), (1800.0, 2000))
+#: (window in seconds, most requests per user and API in it): ``docs/PROTOCOL.md`` §8, the limits
+#: the client budgets against (one definition for both sides).
+RATE_LIMITS: Final = UPSTOX_LIMITS.windows()
+#: How the windows are named in ``/_sim/requests``: ``"1s"``, ``"60s"``, ``"1800s"``.
+WINDOW_NAMES: Final = tuple(f"{window:g}s" for window, _ in RATE_LIMITS)
 
 
 @dataclass
 class RateLimiter:
-    """Sliding-window request counts per API path of one account, and the peaks ever seen.
+    """One account's requests in Upstox's windows, the simulator's only request counter.
+
+    Limits apply per API path, as Upstox applies them. Two sets of peaks are kept per window: the
+    busiest single API (what Upstox would have refused) and the account's requests over every API
+    together (what a client's own per-account budget, such as the history backfill's, is judged by).
 
     :param enforce: answer 429 over a limit (``False``: count only, as the single-account
-        simulator does so that fault tests can hammer it).
+        simulator does until ``/_sim/requests?enforce=true``, so that fault tests can hammer it).
     """
 
     enforce: bool = False
-    requests: int = 0
+    requests: int = 0  #: every request counted, refused ones included
     limited: int = 0  #: requests over a limit (answered 429 when enforcing)
-    #: highest count seen in each window of :data:`RATE_LIMITS`, over every API
+    refused: int = 0  #: requests answered 429
+    #: highest count seen in each window of :data:`RATE_LIMITS` for one API
     peaks: list[int] = field(default_factory=lambda: [0] * len(RATE_LIMITS))
+    #: highest count seen in each window over every API of the account together
+    account_peaks: list[int] = field(default_factory=lambda: [0] * len(RATE_LIMITS))
     _times: dict[str, deque[float]] = field(default_factory=dict)
+    _all: deque[float] = field(default_factory=deque)
 
     def hit(self, api: str, now: float) -> bool:
         """Count one request to *api* at *now*; ``False`` when it is over a limit (and enforced)."""
@@ -44,22 +56,23 @@ class RateLimiter:
         times = self._times.get(api)
         if times is None:
             times = self._times[api] = deque()
-        longest = RATE_LIMITS[-1][0]
-        while times and now - times[0] >= longest:
-            times.popleft()
-        times.append(now)
-        over = False
-        for i, (window, limit) in enumerate(RATE_LIMITS):
-            count = len(times) if window == longest else _count_since(times, now - window)
-            if count > self.peaks[i]:
-                self.peaks[i] = count
-            over = over or count > limit
+        over = _count(times, now, self.peaks)
         if over:
             self.limited += 1
             if self.enforce:
                 times.pop()  # a refused request does not count against the next ones
+                self.refused += 1
                 return False
+        _count(self._all, now, self.account_peaks)
         return True
+
+    def reset(self) -> None:
+        """Forget every count and peak (``/_sim/requests?reset=true``); enforcement stays."""
+        self.requests = self.limited = self.refused = 0
+        self.peaks = [0] * len(RATE_LIMITS)
+        self.account_peaks = [0] * len(RATE_LIMITS)
+        self._times.clear()
+        self._all.clear()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +82,29 @@ class RateLimiter:
             "peak_per_minute": self.peaks[1],
             "peak_per_30_minutes": self.peaks[2],
         }
+
+    def account_counts(self) -> dict[str, Any]:
+        """``{total, refused, peaks}`` of the account over every API (``/_sim/requests``)."""
+        return {
+            "total": self.requests - self.refused,
+            "refused": self.refused,
+            "peaks": dict(zip(WINDOW_NAMES, self.account_peaks, strict=True)),
+        }
+
+
+def _count(times: deque[float], now: float, peaks: list[int]) -> bool:
+    """Add *now* to the sorted *times*, raise *peaks*; whether a window is now over its limit."""
+    longest = RATE_LIMITS[-1][0]
+    while times and now - times[0] >= longest:
+        times.popleft()
+    times.append(now)
+    over = False
+    for i, (window, limit) in enumerate(RATE_LIMITS):
+        count = len(times) if window == longest else _count_since(times, now - window)
+        if count > peaks[i]:
+            peaks[i] = count
+        over = over or count > limit
+    return over
 
 
 def _count_since(times: deque[float], start: float) -> int:

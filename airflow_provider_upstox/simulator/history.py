@@ -4,9 +4,10 @@
   the day's trade book, ``/v2/order/trades/get-trades-for-day``, which :mod:`.rest` answers together
   with ``/v2/order/history``). The model holds one trading day, so every order, history and fill
   it answers is of the current day; an unknown order id answers 400 ``UDAPI100010``.
-- :class:`RequestLog`: every standard-API request (authorize and REST reads) counted per account in
-  Upstox's three windows (1 s, 1 min, 30 min), with the peak each window ever reached, so a test can
-  check that a client never went over 50/500/2,000; with ``enforce`` on, a request over a limit
+- :class:`RequestLog`: every standard-API request (authorize and REST reads) as each account's
+  :class:`~.accounts.RateLimiter` counts it in Upstox's three windows (1 s, 1 min, 30 min), with
+  the peak each window ever reached over all of the account's APIs, so a test can check that a
+  client never went over 50/500/2,000; with ``enforce`` on, a request over a limit of its API
   answers 429 ``UDAPI10005`` like Upstox.
 - ``GET /_sim/requests``: the log (peaks, totals, 429s); ``POST /_sim/requests?enforce=true``
   switches enforcement, ``reset=true`` clears the counts.
@@ -14,70 +15,55 @@
 
 from __future__ import annotations
 
-import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
 
 from websockets.http11 import Request, Response
 
 from airflow_provider_upstox.simulator import http as h
+from airflow_provider_upstox.simulator.accounts import RATE_LIMITS, WINDOW_NAMES, Account
 from airflow_provider_upstox.simulator.model import MarketModel
 from airflow_provider_upstox.simulator.routing import ANY_METHOD, HttpRequest, Route
 
-#: Upstox's standard-API limits per user: (window seconds, most requests).
-UPSTOX_WINDOWS: Final = ((1.0, 50), (60.0, 500), (1800.0, 2000))
 ORDER_TRADES_PATH: Final = "/v2/order/trades"
 REQUESTS_PATH: Final = "/_sim/requests"
 
 
-@dataclass
-class _Account:
-    times: deque[float] = field(default_factory=deque)
-    total: int = 0
-    refused: int = 0
-    peaks: dict[str, int] = field(default_factory=dict)
-
-
 class RequestLog:
-    """Per-account sliding-window request counts (see the module docstring)."""
+    """``/_sim/requests``: every account's :class:`~.accounts.RateLimiter`, read and switched together.
 
-    def __init__(self, *, enforce: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
-        self.enforce = enforce
-        self._clock = clock
-        self._accounts: dict[str, _Account] = {}
+    It holds no counts of its own: the accounts' limiters are the simulator's one request counter.
 
-    def admit(self, account: str) -> Response | None:
-        """Count one request of *account*; the 429 to send when enforcing and over a limit."""
-        entry = self._accounts.setdefault(account, _Account())
-        now = self._clock()
-        times = entry.times
-        while times and times[0] <= now - UPSTOX_WINDOWS[-1][0]:
-            times.popleft()
-        counts = {f"{w:g}s": sum(1 for t in times if t > now - w) + 1 for w, _ in UPSTOX_WINDOWS}
-        if self.enforce and any(counts[f"{w:g}s"] > n for w, n in UPSTOX_WINDOWS):
-            entry.refused += 1
-            return h.error(429, h.TOO_MANY_REQUESTS)
-        times.append(now)
-        entry.total += 1
-        for name, count in counts.items():
-            entry.peaks[name] = max(entry.peaks.get(name, 0), count)
-        return None
+    :param accounts: the simulator's accounts now (they are replaced when the simulator resets).
+    :param enforce: whether accounts answer 429 over a limit; applied to every account, also to
+        those added later through :attr:`enforce`.
+    """
+
+    def __init__(self, accounts: Callable[[], Iterable[Account]], *, enforce: bool = False) -> None:
+        self._accounts = accounts
+        self._enforce = enforce
+
+    @property
+    def enforce(self) -> bool:
+        return self._enforce
+
+    @enforce.setter
+    def enforce(self, value: bool) -> None:
+        self._enforce = value
+        for account in self._accounts():
+            account.rate.enforce = value
 
     def snapshot(self) -> dict[str, Any]:
         """``{"enforce": bool, "limits": {...}, "accounts": {id: {total, refused, peaks}}}``."""
         return {
-            "enforce": self.enforce,
-            "limits": {f"{w:g}s": n for w, n in UPSTOX_WINDOWS},
-            "accounts": {
-                account: {"total": e.total, "refused": e.refused, "peaks": dict(e.peaks)}
-                for account, e in self._accounts.items()
-            },
+            "enforce": self._enforce,
+            "limits": {name: n for name, (_, n) in zip(WINDOW_NAMES, RATE_LIMITS, strict=True)},
+            "accounts": {a.user_id: a.rate.account_counts() for a in self._accounts()},
         }
 
     def reset(self) -> None:
-        self._accounts.clear()
+        for account in self._accounts():
+            account.rate.reset()
 
 
 class HistoryContext(Protocol):

@@ -161,7 +161,7 @@ class UpstoxSimulator:
         self.model: MarketModel = self.primary.model
         self.fault_rng = random.Random(f"faults-{seed}")
         self.counters = Counters()
-        self.requests = RequestLog()
+        self.requests = RequestLog(lambda: self.accounts.values(), enforce=self.enforce_rate_limits)
         self.faults = Faults()
         self.faults.update(dict(preset.faults))
         self.ping_interval = (
@@ -366,7 +366,7 @@ class UpstoxSimulator:
         """The checks every REST-like request passes (``kind`` ``"authorize"`` or ``"rest"``).
 
         In order: the ``rest_delay`` fault, an injected failure (``<kind>_fail_status``), the token,
-        the account's rate windows (:class:`~.history.RequestLog`).
+        the account's rate windows (:class:`~.accounts.RateLimiter`).
         :returns: the refusal to send, or ``None`` to go on.
         """
         f = self.faults
@@ -388,7 +388,7 @@ class UpstoxSimulator:
         if not account.rate.hit(urlsplit(request.path).path, time.monotonic()):
             self.counters.rate_limited += 1
             return h.error(429, h.TOO_MANY_REQUESTS)
-        return self.requests.admit(account.user_id)  # per-account request windows (simulator/history.py)
+        return None
 
     # ------------------------------------------------------------------ HTTP
 
