@@ -3,14 +3,18 @@
 Not part of CI. Airflow masks a connection's password when it is looked up, so a triggerer running
 N streams (one account, one token each) adds N values to its process-wide ``SecretsMasker``,
 which recompiles one regex of all its values on each new one. This bench adds N tokens of a real
-Upstox token's length and shape (the fleet simulator's :func:`account_token`, 296 characters) the
+Upstox token's length and shape (the fleet simulator's :func:`account_token`, ~315 characters) the
 way a lookup does (``mask_secret``), each in a fresh process, and prints for each N:
 
 * CPU to add all N (what the lookups of N streams cost, on the event loop that makes them);
 * the time of the last add (how long one new account's lookup blocks a loop already holding N-1);
 * RSS per token with the hook's ``re.purge()`` after each new token, and without it (Python's
   ``re`` caches every superseded version of the masker's regex);
-* a fit ``cpu = a * N**2`` from the largest N, and what it gives for 1,000 tokens.
+* a fit ``cpu = a * N**2`` from the largest N, and what it gives for 1,000 tokens;
+* the redaction of one logged group event (48 order updates, ~42 KB of JSON: what the triggerer's
+  "Trigger fired event" line carries), with the N tokens of the real shape and with N random
+  tokens of the same length: the real tokens share a 72-character prefix, which lets the masker's
+  regex skip ahead; random ones make it try every token at every character of the payload.
 """
 
 from __future__ import annotations
@@ -54,6 +58,34 @@ def child(n: int, purge: bool) -> dict[str, float]:
     }
 
 
+def redact_ms(n: int, shape: str) -> float:
+    """Milliseconds to redact one logged group event with *n* tokens of *shape* in a masker."""
+    from airflow.sdk._shared.secrets_masker.secrets_masker import SecretsMasker
+
+    from airflow_provider_upstox.models.events import encode_group
+    from airflow_provider_upstox.models.updates import encode_updates
+    from airflow_provider_upstox.simulator.__main__ import account_token
+    from bench.store_throughput import order_updates
+
+    if shape == "real":
+        tokens = [account_token("masker-bench", i) for i in range(1, n + 1)]
+    else:  # as long as the real ones, no shared prefix
+        tokens = [os.urandom(236).hex()[: len(account_token("masker-bench", i))] for i in range(1, n + 1)]
+    updates = order_updates(48)
+    members = [
+        {"status": "batch", "conn_id": f"upstox_{i}", "updates": encode_updates([u]), "stats": {}}
+        for i, u in enumerate(updates)
+    ]
+    event = encode_group(members)
+    masker = SecretsMasker()
+    masker.patterns = {re.escape(t) for t in tokens}  # what n add_mask calls leave, without their cost
+    masker.replacer = re.compile("|".join(masker.patterns))
+    started = time.perf_counter()
+    for _ in range(5):
+        masker.redact(event)
+    return (time.perf_counter() - started) / 5 * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -71,9 +103,7 @@ def main() -> None:
         result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
         return result
 
-    print(
-        f"Airflow's SecretsMasker, tokens of 296 characters (load average {os.getloadavg()[0]:.1f}, 2 cores)"
-    )
+    print(f"Airflow's SecretsMasker, real-shaped tokens (load average {os.getloadavg()[0]:.1f}, 2 cores)")
     print(f"{'N':>6} {'CPU to add N':>13} {'last add':>10} {'RSS/token, purged':>18} {'not purged':>11}")
     fitted = 0.0
     for n in (int(x) for x in args.n.split(",")):
@@ -84,6 +114,10 @@ def main() -> None:
             f"{purged['kib_per_token']:>13.1f} KiB {kept['kib_per_token']:>7.1f} KiB"
         )
     print(f"fit cpu = {fitted:.2e} * N^2 -> 1,000 tokens: {fitted * 1e6:.0f} s of CPU to add (extrapolated)")
+    print("redacting one logged group event (48 updates, ~42 KB):")
+    for n in sorted({*(int(x) for x in args.n.split(",")), 1000}):
+        real, random_ = redact_ms(n, "real"), redact_ms(n, "random")
+        print(f"{n:>6} tokens: {real:8.2f} ms with real-shaped tokens, {random_:8.2f} ms with random ones")
 
 
 if __name__ == "__main__":
