@@ -121,6 +121,7 @@ def measure(n: int, market_s: float, keep: bool, group: int = 0) -> dict[str, An
         with store.connect() as conn:
             since = conn.execute(sa.text("SELECT now()")).scalar_one()
         sim.post("market", rate=1.0, running=True)
+        print(f"N={n}: market running for {market_s:.0f} s", flush=True)  # a profiler can start here
         samples = poll_store(store, since, market_s, sim)
         out["latency"] = samples
         out["sent"] = sum(a["messages"] for a in sim.get("accounts")["accounts"])

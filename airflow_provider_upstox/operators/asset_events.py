@@ -179,7 +179,7 @@ def _queue_updates(
     page of the plugin; :mod:`airflow_provider_upstox.store.health`), observed at the asset event's
     time, so a replayed event cannot move a row back.
 
-    A group watcher's event (``{"status": "group", "members": ...}``, read by
+    A group watcher's event (``{"status": "group", "members_zlib": ...}``, read by
     :func:`~airflow_provider_upstox.models.events.group_members`) holds one payload per member
     batch, each naming its connection (``conn_id``). A bad event or member is counted and skipped,
     not raised: raising would hold the watermark before it forever, and no event after it would

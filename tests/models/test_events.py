@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import zlib
 from typing import Any
 
 import msgspec
@@ -17,6 +19,7 @@ from airflow_provider_upstox.exceptions import (
     UpstoxTransportError,
 )
 from airflow_provider_upstox.models.events import (
+    MAX_MEMBERS_BYTES,
     MAX_MESSAGE_CHARS,
     BatchEvent,
     ErrorEvent,
@@ -167,7 +170,7 @@ def test_encoding_does_not_copy_update_data() -> None:
     assert msgspec.json.decode(msgspec.json.encode(payload)) == json.loads(json.dumps(payload))
 
 
-def test_group_event_members_travel_as_one_json_string() -> None:
+def test_group_event_members_travel_as_one_string() -> None:
     """Airflow parses and validates every nested value of an asset event's extra on each read: the
     members of a group event are one string, and both that and the nested list of earlier versions
     read back to the same member payloads."""
@@ -180,12 +183,53 @@ def test_group_event_members_travel_as_one_json_string() -> None:
         },
     ]
     payload = encode_group(members)
-    assert set(payload) == {"status", "members"}
-    assert isinstance(payload["members"], str)
+    assert set(payload) == {"status", "members_zlib"}
+    assert isinstance(payload["members_zlib"], str)
     assert json.loads(json.dumps(payload)) == payload  # plain JSON for Airflow's JSON columns
     assert group_members(payload) == json.loads(json.dumps(members))
+    # What earlier versions sent still reads: the members as one JSON string, or nested.
+    as_json = json.loads(json.dumps(members))
+    assert group_members({"status": "group", "members": json.dumps(members)}) == as_json
     assert group_members({"status": "group", "members": members}) == members
     assert group_members(encode_event(BatchEvent(account="AB1234", updates=[update]))) is None
     for bad in ("[1,", "{}", 7):
         with pytest.raises(InvalidEventError, match="group event"):
             group_members({"status": "group", "members": bad})
+
+
+def _order(i: int) -> Update:
+    """An order update of the shape Upstox sends (a third of the fields, values varying by *i*)."""
+    data = {
+        "update_type": "order", "user_id": f"AB{i:04d}", "order_id": f"2402210{i:08d}",
+        "exchange_order_id": f"13000000{i * 7919:08d}", "instrument_token": f"NSE_EQ|INE{i * 31:09d}",
+        "trading_symbol": f"SYM{i}-EQ", "status": "open", "quantity": 10 + i, "filled_quantity": i % 3,
+        "price": 92.95 + i / 20, "average_price": 0, "transaction_type": "BUY" if i % 2 else "SELL",
+        "order_timestamp": f"2024-02-21 14:{i % 60:02d}:02", "status_message": "", "tag": None,
+    }  # fmt: skip
+    return Update(update_type="order", data=data, seq=i + 1, received_at_us=1_708_500_000_000_000 + i)
+
+
+def test_a_group_event_is_a_fraction_of_its_members_json_and_refuses_what_it_did_not_send() -> None:
+    """The triggerer logs every event whole: a group event must cost far fewer bytes than its JSON."""
+    members = [
+        {**encode_event(BatchEvent(account=f"AB{i:04d}", updates=[_order(i)])), "conn_id": f"c{i}"}
+        for i in range(48)
+    ]
+    payload = encode_group(members)
+    plain = len(json.dumps(members))
+    assert len(json.dumps(payload)) * 4 < plain, (len(json.dumps(payload)), plain)
+    assert group_members(payload) == json.loads(json.dumps(members))
+
+    packed = payload["members_zlib"]
+    bomb = base64.b64encode(zlib.compress(b" " * (MAX_MEMBERS_BYTES + 1), 9)).decode()
+    not_json = base64.b64encode(zlib.compress(b"[1,")).decode()
+    for bad, why in [
+        (packed[:-8], "truncated|not base64"),
+        ("not base64!", "not base64"),
+        (base64.b64encode(b"plain bytes").decode(), "not base64 of zlib"),
+        (bomb, "over"),
+        (not_json, "not JSON"),
+        (7, "not a string"),
+    ]:
+        with pytest.raises(InvalidEventError, match=why):
+            group_members({"status": "group", "members_zlib": bad})

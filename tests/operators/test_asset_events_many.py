@@ -157,12 +157,13 @@ def test_group_backfill_reads_the_trade_book_only_where_due(
     store.engine.dispose()
 
 
-@pytest.mark.parametrize("shape", ["string", "nested"])
+@pytest.mark.parametrize("shape", ["compressed", "string", "nested"])
 def test_group_asset_events_name_their_connection(store: PortfolioStore, shape: str) -> None:
     """A group watcher's event holds member events, each with its ``conn_id``: all are applied, the
     backfill runs for the right connection, and the account -> connection map survives in the
     watermark for queued work found in later runs. A bad member is counted, not fatal. Members as
-    one JSON string (what the trigger sends) or as a nested list (events of earlier versions)."""
+    one compressed string (what the trigger sends), or as one JSON string or a nested list (events
+    of earlier versions)."""
     group = Asset(name="upstox_events_group__g0", uri="upstox://groups/g0/events")
     snap, live = event(1, 0, "U1", "o1", 0, SNAPSHOT), event(2, 0, "U2", "o2", 3)
     members = [
@@ -170,7 +171,11 @@ def test_group_asset_events_name_their_connection(store: PortfolioStore, shape: 
         {"status": "batch", "conn_id": "c9"},  # damaged
         {**live.extra["payload"], "conn_id": "c2"},
     ]
-    payload = encode_group(members) if shape == "string" else {"status": "group", "members": members}
+    payload = {
+        "compressed": encode_group(members),
+        "string": {"status": "group", "members": json.dumps(members)},
+        "nested": {"status": "group", "members": members},
+    }[shape]
     merged = Event(7, T0, {"from_trigger": True, "payload": payload})
     pushed: dict[str, Any] = {}
     ti = SimpleNamespace(xcom_push=lambda key, value: pushed.__setitem__(key, value))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,13 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 import sqlalchemy as sa
+
+from airflow_provider_upstox.models.events import (
+    GROUP_STATUS,
+    PACKED_MEMBERS,
+    InvalidEventError,
+    group_members,
+)
 
 MIN_SECRET_LENGTH = 8  # shorter values would match by chance
 
@@ -77,6 +85,7 @@ class Scanner:
         self.bytes_scanned = 0
 
     def scan_bytes(self, where: str, data: bytes) -> None:
+        data = b"\x1f".join([data, *_unpacked_group_members(data)])
         self.places += 1
         self.bytes_scanned += len(data)
         lowered = data.lower()
@@ -117,6 +126,24 @@ class Scanner:
         finally:
             engine.dispose()
         return scanned
+
+
+#: A group event's compressed members (``models.events.encode_group``) as JSON, a Python repr (the
+#: triggerer's log line) or a log's escaped JSON: ``members_zlib": "<base64>``.
+_PACKED = re.compile(rb"""members_zlib\\?['"]\s*:\s*\\?['"]([A-Za-z0-9+/=]+)""")
+
+
+def _unpacked_group_members(data: bytes) -> list[bytes]:
+    """The JSON text of every group event's compressed members found in *data*, so that a secret
+    inside them is found too (compressed, it would match no needle)."""
+    found = []
+    for match in _PACKED.finditer(data):
+        payload = {"status": GROUP_STATUS, PACKED_MEMBERS: match.group(1).decode()}
+        try:
+            found.append(json.dumps(group_members(payload)).encode())
+        except InvalidEventError:
+            found.append(b"")  # cut off by the end of a read, or not an event: nothing to unpack
+    return found
 
 
 def _row_bytes(row: Any) -> bytes:

@@ -21,6 +21,7 @@ from urllib.parse import quote
 import pytest
 import sqlalchemy as sa
 
+from airflow_provider_upstox.models.events import encode_group
 from tests.e2e.harness import dag_env, dags_test
 from tests.reliability.leakscan import Scanner, secrets_of
 
@@ -56,6 +57,10 @@ def test_scanner_finds_planted_secrets(tmp_path: Path, postgres_url: str) -> Non
     scanner.scan_database(f"sqlite:///{tmp_path / 'meta.db'}", name="meta")
     scanner.scan_database(postgres_url, name="pg")
     scanner.scan_text("exception", f"UpstoxStreamProtocolError: refused wss://h/feed?code={code}")
+    # Inside a group event's compressed members: in a log line (the payload's repr) and in a row.
+    packed = encode_group([{"status": "batch", "conn_id": "c1", "note": f"Bearer {token}"}])
+    scanner.scan_text("triggerer log", f"Trigger fired event result=TriggerEvent<{packed!r}>")
+    scanner.scan_text("asset_event", json.dumps({"from_trigger": True, "payload": packed}))
     found = {(Path(h.where).name if "/" in h.where else h.where.split("[")[0], h.label) for h in scanner.hits}
     assert ("task.log", "token") in found
     assert ("url.log", "stream code #0") in found
@@ -63,6 +68,8 @@ def test_scanner_finds_planted_secrets(tmp_path: Path, postgres_url: str) -> Non
     assert ("meta:trigger", "stream code #0") in found  # and row by row
     assert ("pg:xcom", "token") in found  # case-insensitive, inside JSON
     assert ("exception", "stream code #0") in found
+    assert ("triggerer log", "token") in found
+    assert ("asset_event", "token") in found
     assert all(token not in str(h) and code not in str(h) for h in scanner.hits), "a hit repeats the secret"
 
 

@@ -57,7 +57,8 @@ async def _collect(trigger: UpstoxPortfolioGroupStreamTrigger, until: Any, timeo
 def _members(payloads: list[Any]) -> list[dict[str, Any]]:
     """The member events of the group events (each one group event per ``group_wait`` at most)."""
     assert all(p["status"] == "group" for p in payloads)
-    assert all(isinstance(p["members"], str) for p in payloads)  # one JSON string, not nested values
+    # One compressed string, not nested values: see models.events.encode_group.
+    assert all(set(p) == {"status", "members_zlib"} and isinstance(p["members_zlib"], str) for p in payloads)
     return [m for p in payloads for m in group_members(p) or []]
 
 
