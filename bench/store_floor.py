@@ -1,11 +1,13 @@
-"""How close ``apply()`` can get to the driver on SQLite: its parts against the same baseline, one run.
+"""How close ``apply()`` can get to the driver: its parts against the same baseline, in one run.
 
     python bench/store_floor.py                  # SQLite, 10k new orders, 3 runs (~1 min)
     python bench/store_floor.py --runs 5 --updates 20000
+    python bench/store_floor.py --backend postgresql --updates 30000
 
-Not part of CI. ``bench/store_throughput.py`` judges the issue-15 goal (``apply()`` >= 0.75x the
-sqlite3 driver's ``executemany`` of the identical rows); this bench says what part of ``apply()``
-stands in the way, by timing, batch by batch and interleaved with that same baseline:
+Not part of CI. ``bench/store_throughput.py`` judges the issue-15 goals (``apply()`` >= 0.75x the
+sqlite3 driver's ``executemany`` of the identical rows; on PostgreSQL >= 0.75x psycopg's ``COPY``
+of them); this bench says what part of ``apply()`` stands in the way, by timing, batch by batch
+and interleaved with that same baseline:
 
 * **apply**: ``PortfolioStore.apply()`` of a batch of 500 new orders (what the goal measures);
 * **write only**: the same batch into another fresh store through the store's own writer and
@@ -15,8 +17,8 @@ stands in the way, by timing, batch by batch and interleaved with that same base
   the JSON encoding of each update's ``raw`` (the column's text) and the ``msgspec`` conversion of
   its data into the checked typed view;
 * **validation**: ``Batch.validate()`` alone, per update;
-* **baseline**: the sqlite3 driver's ``executemany`` of the rows ``apply()`` wrote, tuples built
-  before timing (as in ``store_throughput.py``).
+* **baseline**: the driver writing the rows ``apply()`` wrote, tuples built before timing (as in
+  ``store_throughput.py``): sqlite3's ``executemany``, or psycopg's ``COPY`` on PostgreSQL.
 
 Each figure is printed as a ratio to the baseline of the same run (worst and median over the
 runs). If "write only" is near 0.75x, no Python validation, however fast, lets ``apply()`` reach
@@ -30,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -38,7 +41,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from airflow_provider_upstox.store import validation
+from airflow_provider_upstox.store import PortfolioStore, validation
 from airflow_provider_upstox.store.batch import Batch
 from airflow_provider_upstox.store.results import write_batch
 from airflow_provider_upstox.store.transactions import TransactionPolicy
@@ -48,6 +51,7 @@ from bench.store_throughput import (
     TABLES,
     DriverBaseline,
     check_identical,
+    fresh_database,
     migrated,
     order_updates,
     read_back,
@@ -56,46 +60,59 @@ from bench.store_throughput import (
 MEASURES = ("apply", "write only", "write + the two C calls")
 
 
-def one_run(n: int, tmp: Path, index: int) -> dict[str, float]:
+BASELINES = {"sqlite": "executemany", "postgresql": "COPY"}
+
+
+def one_run(backend: str, pg_url: str, n: int, tmp: Path) -> dict[str, float]:
     """Seconds per measure over *n* new orders, and the baseline's, interleaved batch by batch."""
-    store = migrated(f"sqlite:///{tmp / f'apply_{index}.db'}")
-    bare = migrated(f"sqlite:///{tmp / f'write_{index}.db'}")
-    target = migrated(f"sqlite:///{tmp / f'base_{index}.db'}")
-    baseline = DriverBaseline("sqlite", "executemany", target.engine)
+    with ExitStack() as stack:
+        store, bare, target = (
+            migrated(stack.enter_context(fresh_database(backend, pg_url, tmp))) for _ in range(3)
+        )
+        for opened in (store, bare, target):
+            stack.callback(opened.engine.dispose)
+        baseline = DriverBaseline(backend, BASELINES[backend], target.engine)
+        stack.callback(baseline.close)
+        return _timed(backend, n, store, bare, target, baseline)
+
+
+def _timed(
+    backend: str,
+    n: int,
+    store: PortfolioStore,
+    bare: PortfolioStore,
+    target: PortfolioStore,
+    baseline: DriverBaseline,
+) -> dict[str, float]:
     policy, writer = TransactionPolicy(bare.engine), bare.writer
     seconds = dict.fromkeys((*MEASURES, "validation"), 0.0)
-    try:
-        updates, twins = order_updates(n), order_updates(n)
-        for i in range(0, n, BATCH):
-            chunk = updates[i : i + BATCH]
-            start = time.perf_counter()
-            store.apply(chunk, account=ACCOUNT)
-            seconds["apply"] += time.perf_counter() - start
+    updates, twins = order_updates(n), order_updates(n)
+    for i in range(0, n, BATCH):
+        chunk = updates[i : i + BATCH]
+        start = time.perf_counter()
+        store.apply(chunk, account=ACCOUNT)
+        seconds["apply"] += time.perf_counter() - start
 
-            twin = twins[i : i + BATCH]
-            batch = Batch(twin, ACCOUNT, "default", datetime.now(timezone.utc), 1)
-            start = time.perf_counter()
-            batch.validate()
-            seconds["validation"] += time.perf_counter() - start
-            start = time.perf_counter()
-            policy.run(partial(write_batch, writer, batch, ()))
-            write = time.perf_counter() - start
-            start = time.perf_counter()
-            for update in twin:
-                msgspec.json.encode(update.data)
-                validation.fast_view(update)
-            c_calls = time.perf_counter() - start
-            seconds["write only"] += write
-            seconds["write + the two C calls"] += write + c_calls
+        twin = twins[i : i + BATCH]
+        batch = Batch(twin, ACCOUNT, "default", datetime.now(timezone.utc), 1)
+        start = time.perf_counter()
+        batch.validate()
+        seconds["validation"] += time.perf_counter() - start
+        start = time.perf_counter()
+        policy.run(partial(write_batch, writer, batch, ()))
+        write = time.perf_counter() - start
+        start = time.perf_counter()
+        for update in twin:
+            msgspec.json.encode(update.data)
+            validation.fast_view(update)
+        c_calls = time.perf_counter() - start
+        seconds["write only"] += write
+        seconds["write + the two C calls"] += write + c_calls
 
-            ids = (chunk[0].data["order_id"], chunk[-1].data["order_id"])
-            baseline.write([read_back("sqlite", store.engine, t, ids) for t in TABLES])
-        check_identical("sqlite", store.engine, target.engine)
-        seconds["baseline"] = baseline.seconds
-    finally:
-        baseline.close()
-        for s in (store, bare, target):
-            s.engine.dispose()
+        ids = (chunk[0].data["order_id"], chunk[-1].data["order_id"])
+        baseline.write([read_back(backend, store.engine, t, ids) for t in TABLES])
+    check_identical(backend, store.engine, target.engine)
+    seconds["baseline"] = baseline.seconds
     return seconds
 
 
@@ -105,16 +122,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--updates", type=int, default=10_000, help="new orders per run")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--backend", choices=sorted(BASELINES), default="sqlite")
+    parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
+                        help="admin URL; fresh databases are created and dropped")  # fmt: skip
     args = parser.parse_args(argv)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.runs):
-            seconds = one_run(args.updates, Path(tmp), i)
+            seconds = one_run(args.backend, args.pg_url, args.updates, Path(tmp))
             runs.append(seconds)
             us = {k: v / args.updates * 1e6 for k, v in seconds.items()}
             print(f"run {i + 1}: " + ", ".join(f"{k} {v:.1f} us/update" for k, v in us.items()), flush=True)
-    print(f"\nSQLite, {args.updates:,} new orders in batches of {BATCH}, {args.runs} runs")
-    print("ratio = the driver's executemany of the identical rows / the measure (>= 0.75x is the goal)\n")
+    method = BASELINES[args.backend]
+    print(f"\n{args.backend}, {args.updates:,} new orders in batches of {BATCH}, {args.runs} runs")
+    print(f"ratio = the driver's {method} of the identical rows / the measure (>= 0.75x is the goal)\n")
     for measure in MEASURES:
         ratios = [r["baseline"] / r[measure] for r in runs]
         print(
