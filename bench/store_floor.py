@@ -13,9 +13,10 @@ and interleaved with that same baseline:
 * **write only**: the same batch into another fresh store through the store's own writer and
   transaction policy (:func:`~airflow_provider_upstox.store.results.write_batch`), validated
   *before* timing: the store's SQL, upsert semantics, row building and commit, with no validation;
-* **write + the two C calls**: write only, plus the two C-level calls that no validation can drop:
-  the JSON encoding of each update's ``raw`` (the column's text) and the ``msgspec`` conversion of
-  its data into the checked typed view;
+* **write + the two C calls**: write only, plus the two C-level calls that no validation can drop,
+  made by the store's own functions: the JSON encoding of each update's ``raw`` (the column's
+  text, :func:`~airflow_provider_upstox.store.validation.check_text`) and the ``msgspec``
+  conversion of its data into the checked typed view (``validation.fast_view``);
 * **validation**: ``Batch.validate()`` alone, per update;
 * **baseline**: the driver writing the rows ``apply()`` wrote, tuples built before timing (as in
   ``store_throughput.py``): sqlite3's ``executemany``, or psycopg's ``COPY`` on PostgreSQL.
@@ -37,11 +38,9 @@ from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
-import msgspec
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from airflow_provider_upstox.store import PortfolioStore, validation
+from airflow_provider_upstox.store import DEFAULT_STREAM_KEY, PortfolioStore, validation
 from airflow_provider_upstox.store.batch import Batch
 from airflow_provider_upstox.store.results import write_batch
 from airflow_provider_upstox.store.transactions import TransactionPolicy
@@ -94,7 +93,7 @@ def _timed(
         seconds["apply"] += time.perf_counter() - start
 
         twin = twins[i : i + BATCH]
-        batch = Batch(twin, ACCOUNT, "default", datetime.now(timezone.utc), 1)
+        batch = Batch(twin, ACCOUNT, DEFAULT_STREAM_KEY, datetime.now(timezone.utc), 1)
         start = time.perf_counter()
         batch.validate()
         seconds["validation"] += time.perf_counter() - start
@@ -103,7 +102,7 @@ def _timed(
         write = time.perf_counter() - start
         start = time.perf_counter()
         for update in twin:
-            msgspec.json.encode(update.data)
+            validation.check_text(update)
             validation.fast_view(update)
         c_calls = time.perf_counter() - start
         seconds["write only"] += write

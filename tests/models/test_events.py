@@ -35,6 +35,7 @@ from airflow_provider_upstox.models.events import (
     group_members,
 )
 from airflow_provider_upstox.models.updates import Update, encode_updates
+from tests.store.histories import BASE_RECEIVED_US, order_message
 
 UPDATES = [
     Update(update_type="order", data={"order_id": "1", "status": "open", "quantity": 5}, seq=7,
@@ -198,15 +199,14 @@ def test_group_event_members_travel_as_one_string() -> None:
 
 
 def _order(i: int) -> Update:
-    """An order update of the shape Upstox sends (a third of the fields, values varying by *i*)."""
-    data = {
-        "update_type": "order", "user_id": f"AB{i:04d}", "order_id": f"2402210{i:08d}",
-        "exchange_order_id": f"13000000{i * 7919:08d}", "instrument_token": f"NSE_EQ|INE{i * 31:09d}",
-        "trading_symbol": f"SYM{i}-EQ", "status": "open", "quantity": 10 + i, "filled_quantity": i % 3,
-        "price": 92.95 + i / 20, "average_price": 0, "transaction_type": "BUY" if i % 2 else "SELL",
-        "order_timestamp": f"2024-02-21 14:{i % 60:02d}:02", "status_message": "", "tag": None,
-    }  # fmt: skip
-    return Update(update_type="order", data=data, seq=i + 1, received_at_us=1_708_500_000_000_000 + i)
+    """A whole order message (``tests.store.histories``), its identifying values varying by *i*."""
+    data = order_message(
+        f"2402210{i:08d}", user_id=f"AB{i:04d}", exchange_order_id=f"13000000{i * 7919:08d}",
+        instrument_token=f"NSE_EQ|INE{i * 31:09d}", trading_symbol=f"SYM{i}-EQ", status="open",
+        quantity=10 + i, filled_quantity=i % 3, price=92.95 + i / 20,
+        transaction_type="BUY" if i % 2 else "SELL", order_timestamp=f"2024-02-21 14:{i % 60:02d}:02",
+    )  # fmt: skip
+    return Update(update_type="order", data=data, seq=i + 1, received_at_us=BASE_RECEIVED_US + i)
 
 
 def test_a_group_event_is_a_fraction_of_its_members_json_and_refuses_what_it_did_not_send() -> None:
